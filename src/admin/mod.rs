@@ -1,0 +1,280 @@
+//! The admin port (SPEC §6): operators look at and steer breakwater here.
+//!
+//! | method & path          | does                                             |
+//! |------------------------|--------------------------------------------------|
+//! | GET `/healthz`         | 200 while the process is up                      |
+//! | GET `/readyz`          | 200 when serving, 503 with the reason otherwise  |
+//! | GET `/metrics`         | Prometheus text format                           |
+//! | GET `/status`          | listeners, routes, upstreams, config version     |
+//! | POST `/config/reload`  | reload the config (like SIGHUP); errors returned |
+//!
+//! Every answer is JSON except `/metrics`. Mutating paths take POST only (a
+//! GET is 405 and changes nothing), need `authorization: Bearer <token>`
+//! when a token is configured (compared in constant time), and refuse a
+//! request whose `origin` is another site. The admin server runs on the
+//! same runtime as the data plane but the data plane never waits on it.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE,
+};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::proxy::body::Body;
+use crate::state::State;
+
+/// Serves the admin API on `listener` until shutdown completes.
+pub fn serve(state: Arc<State>, listener: TcpListener) {
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "Admin accept failed.");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| handle(state.clone(), request));
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10));
+                if let Err(error) = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%error, "Admin connection ended with an error.");
+                }
+            });
+        }
+    });
+}
+
+/// How an admin path may be called.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Mutate,
+}
+
+async fn handle(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = request.uri().path();
+    let (access, allowed) = match path {
+        "/healthz" | "/readyz" | "/metrics" | "/status" => (Access::Read, Method::GET),
+        "/config/reload" => (Access::Mutate, Method::POST),
+        _ => {
+            return Ok(json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "not found", "path": path}),
+            ))
+        }
+    };
+    let method_ok =
+        request.method() == allowed || (allowed == Method::GET && request.method() == Method::HEAD);
+    if !method_ok {
+        let mut response = json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": format!("{path} takes {allowed}")}),
+        );
+        response.headers_mut().insert(
+            ALLOW,
+            HeaderValue::from_str(allowed.as_str()).unwrap_or(HeaderValue::from_static("GET")),
+        );
+        return Ok(response);
+    }
+    if access == Access::Mutate {
+        if let Some(refusal) = refuse_mutation(&state, &request) {
+            return Ok(refusal);
+        }
+    }
+    let response = match path {
+        "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        "/readyz" => readyz(&state),
+        "/metrics" => {
+            let mut response = Response::new(Body::full(state.metrics.render()));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        "/status" => json_response(StatusCode::OK, &status(&state)),
+        "/config/reload" => match crate::reload::reload(&state, "admin").await {
+            Ok(reloaded) => json_response(
+                StatusCode::OK,
+                &json!({"result": "ok", "config_version": reloaded.version, "changed": reloaded.changed}),
+            ),
+            Err(error) => json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({
+                    "result": "error",
+                    "config_version": state.snapshot().version,
+                    "message": "config refused; the previous config keeps serving",
+                    "errors": error.issues,
+                }),
+            ),
+        },
+        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+    };
+    Ok(response)
+}
+
+/// The token and cross-site rules for mutating calls; `Some` is the refusal.
+fn refuse_mutation(state: &State, request: &Request<Incoming>) -> Option<Response<Body>> {
+    if cross_site(request) {
+        return Some(json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error": "cross-site request refused"}),
+        ));
+    }
+    let snapshot = state.snapshot();
+    let token = snapshot.config.admin.token.as_ref()?;
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or(b"");
+    if constant_time_eq(presented, token.0.as_bytes()) {
+        return None;
+    }
+    let mut response = json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({"error": "a valid bearer token is required"}),
+    );
+    response.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"breakwater\""),
+    );
+    Some(response)
+}
+
+/// A browser sends `origin` on cross-origin POSTs; an admin call from a
+/// page on another site (CSRF) is refused. Tools like curl send none.
+fn cross_site(request: &Request<Incoming>) -> bool {
+    let Some(origin) = request
+        .headers()
+        .get(ORIGIN)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let origin_host = origin.split("://").nth(1).unwrap_or("");
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    origin == "null" || !origin_host.eq_ignore_ascii_case(host)
+}
+
+/// Compares without an early exit, so response time does not reveal how
+/// much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for (i, byte) in b.iter().enumerate() {
+        difference |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
+    }
+    difference == 0
+}
+
+fn readyz(state: &State) -> Response<Body> {
+    if state.is_draining() {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"ready": false, "reason": "draining"}),
+        )
+    } else {
+        json_response(StatusCode::OK, &json!({"ready": true}))
+    }
+}
+
+fn status(state: &State) -> Value {
+    let snapshot = state.snapshot();
+    let config = &snapshot.config;
+    let listeners: Vec<Value> = config
+        .listeners
+        .iter()
+        .map(|listener| {
+            let connections = state
+                .metrics
+                .downstream_connections
+                .with_label_values(&[&listener.name])
+                .get();
+            json!({
+                "name": listener.name,
+                "listen": listener.listen.to_string(),
+                "connections": connections,
+                "routes": listener.routes.iter().map(|route| json!({
+                    "name": route.name,
+                    "match": route.matcher,
+                    "upstream": route.upstream,
+                    "timeouts": route.timeouts,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let upstreams: Vec<Value> = snapshot
+        .upstreams
+        .iter()
+        .map(|pool| {
+            let endpoint = |address: &http::uri::Authority, role: &str| json!({"address": address.as_str(), "role": role});
+            json!({
+                "name": pool.config.name,
+                "protocol": pool.config.protocol,
+                "connect_timeout": crate::units::format_duration(pool.config.connect_timeout),
+                "endpoints": pool.endpoints().iter().map(|a| endpoint(a, "primary"))
+                    .chain(pool.backup().iter().map(|a| endpoint(a, "backup"))).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "config_version": snapshot.version,
+        "uptime_seconds": state.started.elapsed().as_secs_f64(),
+        "draining": state.is_draining(),
+        "in_flight": state.in_flight.load(Ordering::Relaxed),
+        "listeners": listeners,
+        "upstreams": upstreams,
+    })
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|_| "{}".to_owned());
+    text.push('\n');
+    let mut response = Response::new(Body::full(text));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cre", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cretX", b"s3cret"));
+        assert!(!constant_time_eq(b"", b"s3cret"));
+        assert!(!constant_time_eq(b"S3cret", b"s3cret"));
+    }
+}

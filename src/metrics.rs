@@ -1,0 +1,180 @@
+//! Every Prometheus family breakwater exports (SPEC §7), registered once.
+//!
+//! Label values come only from config names and fixed sets — never from
+//! request data — so the series count is bounded by the config. Hot-path
+//! handles that depend only on the route are resolved once per snapshot
+//! ([`RouteMetrics`]), so a request does no label lookup for them.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds, from sub-millisecond proxying to slow calls.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The registry and every family in it.
+pub struct Metrics {
+    registry: Registry,
+    /// `breakwater_requests_total{route,code,outcome}`.
+    pub requests_total: IntCounterVec,
+    /// `breakwater_request_duration_seconds{route}`: until the response ends.
+    pub request_duration: HistogramVec,
+    /// `breakwater_upstream_duration_seconds{route}`: until upstream headers.
+    pub upstream_duration: HistogramVec,
+    /// `breakwater_config_reloads_total{result}`.
+    pub config_reloads_total: IntCounterVec,
+    /// `breakwater_rejected_total{listener,reason}`: connections or requests
+    /// refused before routing (SPEC §11).
+    pub rejected_total: IntCounterVec,
+    /// `breakwater_downstream_connections{listener}`: open client connections.
+    pub downstream_connections: IntGaugeVec,
+    /// `breakwater_events_total{kind}`.
+    pub events_total: IntCounterVec,
+}
+
+/// Handles for one route, resolved when a snapshot is built.
+pub struct RouteMetrics {
+    /// Route name.
+    pub route: String,
+    /// `request_duration_seconds{route}`.
+    pub request_duration: Histogram,
+    /// `upstream_duration_seconds{route}`.
+    pub upstream_duration: Histogram,
+    requests_total: IntCounterVec,
+}
+
+impl RouteMetrics {
+    /// The `requests_total` counter for this route, status and outcome.
+    pub fn requests(&self, code: http::StatusCode, outcome: &str) -> IntCounter {
+        let mut buffer = itoa_status(code);
+        self.requests_total.with_label_values(&[
+            self.route.as_str(),
+            status_str(&mut buffer),
+            outcome,
+        ])
+    }
+}
+
+fn itoa_status(code: http::StatusCode) -> [u8; 3] {
+    let n = code.as_u16();
+    [
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
+}
+
+fn status_str(buffer: &mut [u8; 3]) -> &str {
+    std::str::from_utf8(buffer).unwrap_or("000")
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let vec =
+                    IntCounterVec::new(Opts::new(name, help).namespace("breakwater"), labels)?;
+                registry.register(Box::new(vec.clone()))?;
+                Ok(vec)
+            };
+        let histogram = |name: &str, help: &str| -> Result<HistogramVec, prometheus::Error> {
+            let opts = HistogramOpts::new(name, help)
+                .namespace("breakwater")
+                .buckets(LATENCY_BUCKETS.to_vec());
+            let vec = HistogramVec::new(opts, &["route"])?;
+            registry.register(Box::new(vec.clone()))?;
+            Ok(vec)
+        };
+        let requests_total = counter(
+            "requests_total",
+            "Requests by route, status code and outcome class.",
+            &["route", "code", "outcome"],
+        )?;
+        let request_duration = histogram(
+            "request_duration_seconds",
+            "Time from request start until the response body ended, by route.",
+        )?;
+        let upstream_duration = histogram(
+            "upstream_duration_seconds",
+            "Time from sending upstream until the upstream's response headers, by route.",
+        )?;
+        let config_reloads_total = counter(
+            "config_reloads_total",
+            "Config reload attempts by result (success, error).",
+            &["result"],
+        )?;
+        let rejected_total = counter(
+            "rejected_total",
+            "Connections or requests refused before routing, by listener and reason.",
+            &["listener", "reason"],
+        )?;
+        let events_total = counter("events_total", "Events emitted, by kind.", &["kind"])?;
+        let downstream_connections = IntGaugeVec::new(
+            Opts::new(
+                "downstream_connections",
+                "Open downstream connections by listener.",
+            )
+            .namespace("breakwater"),
+            &["listener"],
+        )?;
+        registry.register(Box::new(downstream_connections.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests_total,
+            request_duration,
+            upstream_duration,
+            config_reloads_total,
+            rejected_total,
+            downstream_connections,
+            events_total,
+        })
+    }
+
+    /// Resolves the per-route handles for `route`.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.to_owned(),
+            request_duration: self.request_duration.with_label_values(&[route]),
+            upstream_duration: self.upstream_duration.with_label_values(&[route]),
+            requests_total: self.requests_total.clone(),
+        }
+    }
+
+    /// Everything in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(%error, "Failed to encode metrics.");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_render_with_prefix() {
+        let metrics = Metrics::new().unwrap();
+        let route = metrics.route("checkout");
+        route
+            .requests(http::StatusCode::BAD_GATEWAY, "connect_error")
+            .inc();
+        route.request_duration.observe(0.002);
+        let text = metrics.render();
+        assert!(text.contains("breakwater_requests_total{code=\"502\",outcome=\"connect_error\",route=\"checkout\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "breakwater_request_duration_seconds_bucket{route=\"checkout\",le=\"0.0025\"} 1"
+            ),
+            "{text}"
+        );
+    }
+}

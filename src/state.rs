@@ -1,0 +1,85 @@
+//! What the data plane, the admin server and the reload triggers share.
+//!
+//! [`State`] holds the live [`Snapshot`] behind one `ArcSwap`, the metrics,
+//! and the process-wide flags (draining). It is created once in `run` and
+//! handed around as `Arc<State>`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::Overrides;
+use crate::metrics::Metrics;
+use crate::proxy::snapshot::Snapshot;
+
+/// Where the running config came from, for reloads.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A file, re-read on reload.
+    File(PathBuf),
+    /// The embedded default; reload re-applies it (with the same flags).
+    Embedded,
+}
+
+/// Process-wide shared state.
+pub struct State {
+    snapshot: ArcSwap<Snapshot>,
+    /// All metric families.
+    pub metrics: Metrics,
+    /// Where config comes from, and the CLI overrides to re-apply.
+    pub source: ConfigSource,
+    /// CLI flags applied over every load.
+    pub overrides: Overrides,
+    /// Set once SIGTERM/SIGINT arrived: `/readyz` answers 503.
+    pub draining: AtomicBool,
+    /// Requests currently being served, all listeners.
+    pub in_flight: AtomicUsize,
+    /// When breakwater started.
+    pub started: Instant,
+    /// Flips to true when shutdown begins; listeners and connections watch it.
+    pub shutdown: watch::Sender<bool>,
+    /// Serialises reloads so two triggers cannot interleave.
+    pub reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl State {
+    /// Creates the state around a first snapshot.
+    pub fn new(
+        snapshot: Snapshot,
+        metrics: Metrics,
+        source: ConfigSource,
+        overrides: Overrides,
+    ) -> Arc<State> {
+        let (shutdown, _) = watch::channel(false);
+        Arc::new(State {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            source,
+            overrides,
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            started: Instant::now(),
+            shutdown,
+            reload_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The current snapshot; keep the `Arc` for the whole request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Publishes a new snapshot atomically.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
