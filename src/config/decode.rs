@@ -488,7 +488,7 @@ mod tests {
         let node = tree("list:\n  - x: 1\n  - x: oops\n");
         let mut cx = Cx::default();
         let mut fields = Fields::new(&mut cx, &node).unwrap();
-        let _ = fields.opt_with(&mut cx, "list", |cx, node| Vec::<Inner>::decode(cx, node));
+        let _ = fields.opt_with(&mut cx, "list", Vec::<Inner>::decode);
         assert_eq!(cx.issues[0].path, "list[1].x");
         assert_eq!(cx.issues[0].line, Some(3));
     }

@@ -181,7 +181,9 @@ mod tests {
     async fn completion_fires_complete_on_last_frame() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
-        let mut body = Body::full("hello").with_completion(Completion::new(move |reason| record.lock().unwrap().push(reason)));
+        let mut body = Body::full("hello").with_completion(Completion::new(move |reason| {
+            record.lock().unwrap().push(reason)
+        }));
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "hello");
         drop(body);

@@ -1,1 +1,13 @@
-//! Integration tests: the real binary against real upstreams.
+//! Integration tests: the real `breakwater` binary against real upstreams on
+
+// A panic in a test is a failed assertion; helpers may unwrap too.
+#![allow(clippy::unwrap_used)]
+//! 127.0.0.1 (its own `sim`, and plain servers written here), through real
+//! HTTP clients and raw sockets.
+
+mod admin;
+mod cli;
+mod lifecycle;
+mod proxy;
+mod reload;
+mod support;

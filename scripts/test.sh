@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs breakwater's whole test suite: unit tests, the integration suite
+# (real processes on 127.0.0.1) and the config/fuzz-corpus replays.
+# Installs what a fresh Debian machine lacks; needs only the Rust toolchain
+# and, for system packages, root or sudo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_packages=()
+# `kill` (procps) sends signals in the integration tests.
+command -v kill >/dev/null || need_packages+=(procps)
+if [ ${#need_packages[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_packages[@]}"
+fi
+
+cargo test --locked "$@"

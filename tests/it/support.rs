@@ -1,0 +1,408 @@
+//! Test harness: real `breakwater` processes on 127.0.0.1, bounded polling,
+//! and cleanup on drop. Every wait here has a deadline; nothing sleeps a
+//! fixed time hoping something happened.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_breakwater")
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`
+/// naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An HTTP client that ignores proxy environment variables.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Collects a child's output lines so tests can wait for or search them.
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<Vec<String>>>);
+
+impl Output {
+    fn capture(&self, stream: impl Read + Send + 'static, echo: &'static str) {
+        let lines = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if std::env::var_os("BREAKWATER_TEST_ECHO").is_some() {
+                    eprintln!("[{echo}] {line}");
+                }
+                lines.lock().expect("lines").push(line);
+            }
+        });
+    }
+
+    /// Every line so far, joined.
+    pub fn text(&self) -> String {
+        self.0.lock().expect("lines").join("\n")
+    }
+
+    /// Whether any line so far contains `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.0
+            .lock()
+            .expect("lines")
+            .iter()
+            .any(|line| line.contains(needle))
+    }
+
+    /// Waits (bounded) until a line contains `needle`.
+    pub async fn wait_for(&self, needle: &str, limit: Duration) {
+        let what = format!("output line containing {needle:?}");
+        eventually(&what, limit, || async {
+            self.contains(needle).then_some(())
+        })
+        .await;
+    }
+}
+
+/// A running child process, killed when dropped.
+pub struct Process {
+    pub child: Child,
+    pub stdout: Output,
+    pub stderr: Output,
+}
+
+impl Process {
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Process {
+        let mut command = Command::new(bin());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn breakwater");
+        let stdout = Output::default();
+        let stderr = Output::default();
+        stdout.capture(child.stdout.take().expect("stdout"), "out");
+        stderr.capture(child.stderr.take().expect("stderr"), "err");
+        Process {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid")
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY-free: libc::kill via the `kill` command keeps tests free of unsafe.
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = &mut self.child;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Peak resident memory in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const SIGTERM: i32 = 15;
+pub const SIGHUP: i32 = 1;
+pub const SIGINT: i32 = 2;
+
+/// `breakwater sim`, built with flags.
+pub struct SimBuilder {
+    name: String,
+    args: Vec<String>,
+}
+
+pub fn sim(name: &str) -> SimBuilder {
+    SimBuilder {
+        name: name.to_owned(),
+        args: Vec::new(),
+    }
+}
+
+impl SimBuilder {
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    pub async fn run(self) -> Sim {
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        let mut args = vec!["sim", "--listen", &address, "--name", &self.name];
+        args.extend(self.args.iter().map(String::as_str));
+        let process = Process::spawn(&args, &[]);
+        process
+            .stdout
+            .wait_for("listening on", Duration::from_secs(10))
+            .await;
+        Sim { process, address }
+    }
+}
+
+/// A running sim upstream.
+pub struct Sim {
+    pub process: Process,
+    pub address: String,
+}
+
+impl Sim {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub async fn control(&self, json: &str) {
+        let response = client()
+            .post(self.url("/__sim/config"))
+            .body(json.to_owned())
+            .send()
+            .await
+            .expect("sim control");
+        assert!(
+            response.status().is_success(),
+            "sim control {json}: {}",
+            response.status()
+        );
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        client()
+            .get(self.url("/__sim/stats"))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+
+    pub async fn requests(&self) -> u64 {
+        self.stats().await["requests"].as_u64().expect("requests")
+    }
+}
+
+/// A breakwater proxy process with a config file in a temp dir.
+pub struct Proxy {
+    pub process: Process,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Fills `{listen}` and `{admin}` in a config template with free ports.
+pub struct ProxyBuilder {
+    template: String,
+    envs: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+pub fn proxy(template: &str) -> ProxyBuilder {
+    ProxyBuilder {
+        template: template.to_owned(),
+        envs: Vec::new(),
+        args: Vec::new(),
+    }
+}
+
+impl ProxyBuilder {
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    /// Starts the proxy and waits until its admin port answers `/healthz`.
+    pub async fn run(self) -> Proxy {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("breakwater.yaml");
+        let text = fill(&self.template, listen, admin);
+        std::fs::write(&config_path, text).expect("write config");
+        let config_arg = config_path.to_str().expect("path").to_owned();
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.splice(0..0, ["run", "--config", config_arg.as_str()]);
+        let envs: Vec<(&str, &str)> = self
+            .envs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let process = Process::spawn(&args, &envs);
+        let proxy = Proxy {
+            process,
+            dir,
+            config_path,
+            listen,
+            admin,
+        };
+        proxy.wait_healthy().await;
+        proxy
+    }
+}
+
+pub fn fill(template: &str, listen: SocketAddr, admin: SocketAddr) -> String {
+    template
+        .replace("{listen}", &listen.to_string())
+        .replace("{admin}", &admin.to_string())
+}
+
+impl Proxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub async fn wait_healthy(&self) {
+        let url = self.admin_url("/healthz");
+        let stderr = self.process.stderr.clone();
+        eventually("proxy admin /healthz", Duration::from_secs(15), || {
+            let url = url.clone();
+            let stderr = stderr.clone();
+            async move {
+                match client().get(&url).send().await {
+                    Ok(response) if response.status() == 200 => Some(()),
+                    _ => {
+                        assert!(
+                            !stderr.contains("breakwater: "),
+                            "proxy failed to start:\n{}",
+                            stderr.text()
+                        );
+                        None
+                    }
+                }
+            }
+        })
+        .await;
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        client()
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET through proxy")
+    }
+
+    pub async fn status_json(&self) -> serde_json::Value {
+        client()
+            .get(self.admin_url("/status"))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status json")
+    }
+
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// Rewrites the config file (same ports).
+    pub fn rewrite(&self, template: &str) {
+        write_atomically(&self.config_path, &fill(template, self.listen, self.admin));
+    }
+}
+
+/// Replaces a file by rename, as editors and config tools do.
+pub fn write_atomically(path: &Path, text: &str) {
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, text).expect("write temp");
+    std::fs::rename(&temp, path).expect("rename");
+}
+
+/// Sends raw bytes on a fresh connection and reads until the peer closes
+/// or `limit` passes; returns what was read.
+pub fn raw_exchange(address: SocketAddr, request: &[u8], limit: Duration) -> String {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(limit)).expect("timeout");
+    stream.write_all(request).expect("write");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
