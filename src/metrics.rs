@@ -33,6 +33,8 @@ pub struct Metrics {
     pub downstream_connections: IntGaugeVec,
     /// `breakwater_events_total{kind}`.
     pub events_total: IntCounterVec,
+    /// `breakwater_panics_total`: panics caught while serving.
+    pub panics_total: IntCounter,
 }
 
 /// Handles for one route, resolved when a snapshot is built.
@@ -123,7 +125,16 @@ impl Metrics {
             &["listener"],
         )?;
         registry.register(Box::new(downstream_connections.clone()))?;
+        let panics_total = IntCounter::with_opts(
+            Opts::new(
+                "panics_total",
+                "Panics caught while serving; each was answered and isolated.",
+            )
+            .namespace("breakwater"),
+        )?;
+        registry.register(Box::new(panics_total.clone()))?;
         Ok(Metrics {
+            panics_total,
             registry,
             requests_total,
             request_duration,

@@ -44,6 +44,10 @@ pub struct State {
     pub shutdown: watch::Sender<bool>,
     /// Serialises reloads so two triggers cannot interleave.
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// Fault injection for tests of panic isolation: a request to exactly
+    /// this path panics. Set only from `BREAKWATER_FAULT_PANIC_PATH`; never
+    /// from anything a client sends.
+    pub fault_panic_path: Option<String>,
 }
 
 impl State {
@@ -65,6 +69,9 @@ impl State {
             started: Instant::now(),
             shutdown,
             reload_lock: tokio::sync::Mutex::new(()),
+            fault_panic_path: std::env::var("BREAKWATER_FAULT_PANIC_PATH")
+                .ok()
+                .filter(|path| path.starts_with('/')),
         })
     }
 

@@ -75,7 +75,9 @@ impl Serialize for Secret {
 /// `limits:` (SPEC §11), globally and per listener.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Limits {
-    /// Largest request header block. Default 60KiB.
+    /// Longest request line. Default 8KiB. → 414.
+    pub max_request_line: ByteSize,
+    /// Largest request header block. Default 60KiB. → 431.
     pub max_header_bytes: ByteSize,
     /// Most header fields in one request. Default 100.
     pub max_headers: usize,
@@ -88,6 +90,14 @@ pub struct Limits {
     /// Idle keep-alive connections are closed after this. Default 60s.
     #[serde(serialize_with = "ser_duration")]
     pub idle: Duration,
+    /// Longest pause while a client sends a request body. Default 30s.
+    #[serde(serialize_with = "ser_duration")]
+    pub body_read_idle: Duration,
+    /// Largest request body; `None` (the default) streams any size. A
+    /// declared length over it gets 413 before anything is forwarded; a
+    /// chunked body that grows past it ends the connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<ByteSize>,
     /// HTTP/2 limits.
     pub h2: H2Limits,
 }
@@ -102,11 +112,14 @@ pub struct H2Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            max_request_line: ByteSize(8 * 1024),
             max_header_bytes: ByteSize(60 * 1024),
             max_headers: 100,
             max_connections: 20_000,
             header_read: Duration::from_secs(10),
             idle: Duration::from_secs(60),
+            body_read_idle: Duration::from_secs(30),
+            max_body_bytes: None,
             h2: H2Limits {
                 max_concurrent_streams: 100,
             },
@@ -115,6 +128,9 @@ impl Default for Limits {
 }
 
 const LIMIT_KEYS: &[&str] = &[
+    "max_request_line",
+    "body_read_idle",
+    "max_body_bytes",
     "max_header_bytes",
     "max_headers",
     "max_connections",
@@ -122,7 +138,6 @@ const LIMIT_KEYS: &[&str] = &[
     "idle",
     "h2",
 ];
-const LIMIT_LATER: &[&str] = &["max_body_bytes", "body_read_idle"];
 
 impl Limits {
     /// Reads a `limits:` mapping over `base`: absent keys keep base's value.
@@ -138,6 +153,23 @@ impl Limits {
                 );
             }
             limits.max_header_bytes = size;
+        }
+        if let Some(size) = fields.opt::<ByteSize>(cx, "max_request_line") {
+            if size.0 < 256 || size.0 > 64 * 1024 {
+                cx.error_at(
+                    "max_request_line",
+                    fields.key_line("max_request_line"),
+                    "must be between 256B and 64KiB",
+                );
+            }
+            limits.max_request_line = size;
+        }
+        if let Some(size) = fields.opt::<ByteSize>(cx, "max_body_bytes") {
+            limits.max_body_bytes = Some(size);
+        }
+        if let Some(d) = fields.opt::<Duration>(cx, "body_read_idle") {
+            positive(cx, &fields, "body_read_idle", d);
+            limits.body_read_idle = d;
         }
         if let Some(n) = fields.opt::<usize>(cx, "max_headers") {
             if n == 0 || n > 10_000 {
@@ -185,7 +217,7 @@ impl Limits {
         }) {
             limits.h2 = h2;
         }
-        fields.finish(cx, LIMIT_KEYS, LIMIT_LATER).then_some(limits)
+        fields.finish(cx, LIMIT_KEYS, &[]).then_some(limits)
     }
 }
 

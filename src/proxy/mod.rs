@@ -17,6 +17,8 @@
 
 pub mod body;
 pub mod forward;
+pub mod framing;
+pub mod guard;
 pub mod headers;
 pub mod outcome;
 pub mod reject;
@@ -36,6 +38,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Limits;
 use crate::state::State;
+use framing::HeadLimits;
+use guard::{GuardCounters, GuardTimeouts, GuardedStream};
 use service::{Activity, ConnContext};
 
 /// HTTP/2 flow-control windows (SPEC §11): 64 KiB per stream, 1 MiB per
@@ -82,6 +86,7 @@ pub fn serve_listener(
         .metrics
         .rejected_total
         .with_label_values(&[&*name, "max_connections"]);
+    let guard_counters = Arc::new(GuardCounters::new(&state.metrics, &name));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -111,7 +116,12 @@ pub fn serve_listener(
                 proto: "http",
                 activity: Activity::default(),
             });
-            tokio::spawn(serve_connection(context, stream, permit));
+            tokio::spawn(serve_connection(
+                context,
+                stream,
+                permit,
+                guard_counters.clone(),
+            ));
         }
         tracing::info!(listener = &*name, "Stopped accepting connections.");
     });
@@ -124,11 +134,10 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(limits.header_read)
+        // The guard (guard.rs) enforces header_read itself, with a 408.
+        .header_read_timeout(None)
         .max_headers(limits.max_headers)
-        // hyper answers 431 when a request head does not fit its read
-        // buffer, whose floor is 8 KiB; part 7's own head reader makes the
-        // limit exact below that.
+        // A backstop only: the guard has already refused larger heads.
         .max_buf_size(
             usize::try_from(limits.max_header_bytes.0)
                 .unwrap_or(usize::MAX)
@@ -152,6 +161,7 @@ async fn serve_connection(
     context: Arc<ConnContext>,
     stream: TcpStream,
     permit: OwnedSemaphorePermit,
+    guard_counters: Arc<GuardCounters>,
 ) {
     let state = context.state.clone();
     let snapshot = state.snapshot();
@@ -169,6 +179,23 @@ async fn serve_connection(
     let builder = connection_builder(&limits);
     let service_context = context.clone();
     let service = service_fn(move |request| service::handle(service_context.clone(), request));
+    let head_limits = HeadLimits {
+        max_request_line: usize::try_from(limits.max_request_line.0).unwrap_or(usize::MAX),
+        max_header_bytes: usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX),
+        max_headers: limits.max_headers,
+        max_body_bytes: limits.max_body_bytes.map(|size| size.0),
+    };
+    let timeouts = GuardTimeouts {
+        header_read: limits.header_read,
+        body_read_idle: limits.body_read_idle,
+    };
+    let stream = GuardedStream::new(
+        stream,
+        context.clone(),
+        head_limits,
+        timeouts,
+        guard_counters,
+    );
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
 

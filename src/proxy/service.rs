@@ -7,12 +7,16 @@
 //! that is when the access-log line is written and the duration observed.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use http::header::{HeaderValue, HOST};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::header::{HeaderValue, CONNECTION, HOST};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -70,18 +74,64 @@ impl Activity {
     }
 }
 
-/// Serves one downstream request.
+/// Serves one downstream request. A panic anywhere in it is caught here:
+/// logged with the request id, counted, answered with a 500, and the
+/// connection and process keep serving.
 pub async fn handle(
     context: Arc<ConnContext>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let request_id =
+        headers::client_request_id(request.headers()).unwrap_or_else(headers::new_request_id);
+    // After an HTTP/1 upgrade request the guard stops framing the
+    // connection, so unless the upgrade happens the connection must end.
+    let http1_upgrade =
+        request.version() <= Version::HTTP_11 && headers::is_upgrade(request.headers());
+    let served = CatchUnwind {
+        inner: serve(context.clone(), request, request_id.clone()),
+    }
+    .await;
+    let mut response = match served {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            context.state.metrics.panics_total.inc();
+            tracing::error!(request_id = request_id.to_str().unwrap_or(""), panic = %message, "Panic while serving a request; answered 500.");
+            let mut response =
+                Response::new(Body::full("{\"error\":\"internal\",\"status\":500}\n"));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response.headers_mut().insert(
+                super::reject::REASON_HEADER,
+                HeaderValue::from_static("internal"),
+            );
+            response
+                .headers_mut()
+                .insert(REQUEST_ID.clone(), request_id);
+            response
+        }
+    };
+    if http1_upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(response)
+}
+
+async fn serve(
+    context: Arc<ConnContext>,
+    request: Request<Incoming>,
+    request_id: HeaderValue,
+) -> Response<Body> {
     let start = Instant::now();
     context.activity.begin();
     context.state.in_flight.fetch_add(1, Ordering::Relaxed);
     let snapshot = context.state.snapshot();
     let (mut parts, body) = request.into_parts();
-    let request_id =
-        headers::client_request_id(&parts.headers).unwrap_or_else(headers::new_request_id);
     let log = RequestLog {
         context: context.clone(),
         start,
@@ -92,7 +142,11 @@ pub async fn handle(
         status: StatusCode::OK,
         outcome: Outcome::Rejected,
         upstream_seconds: None,
+        done: false,
     };
+    if context.state.fault_panic_path.as_deref() == Some(parts.uri.path()) {
+        panic!("fault injection: BREAKWATER_FAULT_PANIC_PATH matched");
+    }
 
     let listener = snapshot.listener(&context.listener);
     let chosen = listener.and_then(|listener| {
@@ -100,12 +154,10 @@ pub async fn handle(
         route::select(&listener.matchers, &facts).and_then(|index| listener.routes.get(index))
     });
     let (Some(listener), Some(route)) = (listener, chosen) else {
-        return Ok(log.reject(Rejection::NoRoute));
+        return log.reject(Rejection::NoRoute);
     };
-    let log = RequestLog {
-        metrics: route.metrics.clone(),
-        ..log
-    };
+    let mut log = log;
+    log.metrics = route.metrics.clone();
 
     // Headers: the upstream sees a clean, attributed request.
     let host = parts.headers.get(HOST).cloned().or_else(|| {
@@ -139,16 +191,13 @@ pub async fn handle(
         .oneshot(Request::from_parts(parts, Body::incoming(body)))
         .await;
     let upstream_seconds = sent_at.elapsed().as_secs_f64();
+    log.upstream_seconds = Some(upstream_seconds);
 
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
-            let log = RequestLog {
-                outcome: error.outcome(),
-                upstream_seconds: Some(upstream_seconds),
-                ..log
-            };
-            return Ok(log.reject(Rejection::from(error)));
+            log.outcome = error.outcome();
+            return log.reject(Rejection::from(error));
         }
     };
     route.metrics.upstream_duration.observe(upstream_seconds);
@@ -163,11 +212,8 @@ pub async fn handle(
                 tokio::spawn(tunnel(downstream, upstream, log.request_id.clone()));
             }
             _ => {
-                let log = RequestLog {
-                    outcome: Outcome::Reset,
-                    ..log
-                };
-                return Ok(log.reject(Rejection::UpstreamReset));
+                log.outcome = Outcome::Reset;
+                return log.reject(Rejection::UpstreamReset);
             }
         }
     }
@@ -175,13 +221,30 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(REQUEST_ID.clone(), request_id);
-    let log = RequestLog {
-        status,
-        outcome: Outcome::of_status(status.as_u16()),
-        upstream_seconds: Some(upstream_seconds),
-        ..log
-    };
-    Ok(response.map(|body| Body::incoming(body).with_completion(log.into_completion())))
+    log.status = status;
+    log.outcome = Outcome::of_status(status.as_u16());
+    response.map(|body| Body::incoming(body).with_completion(log.into_completion()))
+}
+
+pin_project_lite::pin_project! {
+    /// Runs a future, turning a panic inside it into an `Err`.
+    struct CatchUnwind<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// Copies bytes both ways between an upgraded client and upstream
@@ -212,27 +275,38 @@ struct RequestLog {
     status: StatusCode,
     outcome: Outcome,
     upstream_seconds: Option<f64>,
+    /// Set once finished, so a log dropped on any path (even a panic)
+    /// still balances the in-flight counters exactly once.
+    done: bool,
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        self.finish(EndReason::Dropped);
+    }
 }
 
 impl RequestLog {
     /// breakwater's own answer for `rejection`, logged like any response.
-    fn reject(self, rejection: Rejection) -> Response<Body> {
+    fn reject(mut self, rejection: Rejection) -> Response<Body> {
         let mut response = rejection.into_response();
         response
             .headers_mut()
             .insert(REQUEST_ID.clone(), self.request_id.clone());
-        let log = RequestLog {
-            status: response.status(),
-            ..self
-        };
-        response.map(|body| body.with_completion(log.into_completion()))
+        self.status = response.status();
+        response.map(|body| body.with_completion(self.into_completion()))
     }
 
     fn into_completion(self) -> Completion {
-        Completion::new(move |reason| self.finish(reason))
+        let mut log = self;
+        Completion::new(move |reason| log.finish(reason))
     }
 
-    fn finish(self, reason: EndReason) {
+    fn finish(&mut self, reason: EndReason) {
+        if self.done {
+            return;
+        }
+        self.done = true;
         let seconds = self.start.elapsed().as_secs_f64();
         let outcome = match (reason, self.outcome) {
             (EndReason::Error, Outcome::Success | Outcome::Http5xx) => Outcome::Reset,
