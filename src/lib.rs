@@ -12,6 +12,7 @@
 //! - [`admin`]: the operator port (status, metrics, reload).
 //! - [`reload`]: SIGHUP / admin / file-watch reloads, one atomic swap.
 //! - [`run`]: start-up and graceful drain.
+//! - [`overload`]: the memory watermark ladder.
 //! - [`state`], [`metrics`], [`events`], [`telemetry`]: shared plumbing.
 //! - [`sim`], [`demo`]: the controllable upstream and the guided tour.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod demo;
 pub mod events;
 pub mod metrics;
+pub mod overload;
 pub mod proxy;
 pub mod reload;
 pub mod run;

@@ -6,8 +6,8 @@
 //! ([`RouteMetrics`]), so a request does no label lookup for them.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from sub-millisecond proxying to slow calls.
@@ -35,6 +35,8 @@ pub struct Metrics {
     pub events_total: IntCounterVec,
     /// `breakwater_panics_total`: panics caught while serving.
     pub panics_total: IntCounter,
+    /// `breakwater_overload_level`: 0 normal, 1 keep-alive stopped, 2 shedding.
+    pub overload_level: IntGauge,
 }
 
 /// Handles for one route, resolved when a snapshot is built.
@@ -133,8 +135,17 @@ impl Metrics {
             .namespace("breakwater"),
         )?;
         registry.register(Box::new(panics_total.clone()))?;
+        let overload_level = IntGauge::with_opts(
+            Opts::new(
+                "overload_level",
+                "Overload ladder: 0 normal, 1 keep-alive stopped, 2 shedding new requests.",
+            )
+            .namespace("breakwater"),
+        )?;
+        registry.register(Box::new(overload_level.clone()))?;
         Ok(Metrics {
             panics_total,
+            overload_level,
             registry,
             requests_total,
             request_duration,

@@ -73,6 +73,7 @@ pub async fn start(
         })
         .collect();
     crate::reload::spawn_triggers(state.clone()).map_err(RunError::Signal)?;
+    crate::overload::spawn(state.clone());
     let config = state.snapshot().config.clone();
     for listener in &config.listeners {
         tracing::info!(listener = %listener.name, address = %listener.listen, routes = listener.routes.len(), "Listening.");

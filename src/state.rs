@@ -36,6 +36,8 @@ pub struct State {
     pub overrides: Overrides,
     /// Set once SIGTERM/SIGINT arrived: `/readyz` answers 503.
     pub draining: AtomicBool,
+    /// The overload ladder's current level.
+    pub overload: crate::overload::OverloadState,
     /// Requests currently being served, all listeners.
     pub in_flight: AtomicUsize,
     /// When breakwater started.
@@ -66,6 +68,7 @@ impl State {
             overrides,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            overload: crate::overload::OverloadState::default(),
             started: Instant::now(),
             shutdown,
             reload_lock: tokio::sync::Mutex::new(()),

@@ -36,6 +36,17 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Supervisor settings (this build: drain only).
     pub supervisor: Supervisor,
+    /// The memory watermark ladder.
+    pub overload: Overload,
+}
+
+/// `overload:` (SPEC §11).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Overload {
+    /// breakwater's own RSS limit: at 85% keep-alive stops, at 95% new
+    /// requests are shed (503 overload); each step is left 5 points lower.
+    /// Default 256MiB.
+    pub memory: ByteSize,
 }
 
 /// `runtime:`
@@ -332,8 +343,9 @@ const ROOT_KEYS: &[&str] = &[
     "listeners",
     "upstreams",
     "supervisor",
+    "overload",
 ];
-const ROOT_LATER: &[&str] = &["overload", "degradation", "alerts", "config_rollback"];
+const ROOT_LATER: &[&str] = &["degradation", "alerts", "config_rollback"];
 
 impl Decode for Config {
     fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
@@ -382,6 +394,16 @@ impl Decode for Config {
                 .finish(cx, &["drain_timeout"], LATER)
                 .then_some(Supervisor { drain_timeout })
         });
+        let overload = fields.opt_with(cx, "overload", |cx, node| {
+            let mut fields = Fields::new(cx, node)?;
+            let memory = fields.or(cx, "memory", ByteSize(256 << 20));
+            if memory.0 < 1 << 20 {
+                cx.error_at("memory", fields.key_line("memory"), "must be at least 1MiB");
+            }
+            fields
+                .finish(cx, &["memory"], &[])
+                .then_some(Overload { memory })
+        });
         let complete = fields.finish(cx, ROOT_KEYS, ROOT_LATER);
         let config = Config {
             runtime: runtime.unwrap_or(Runtime { threads: None }),
@@ -394,6 +416,9 @@ impl Decode for Config {
             upstreams: upstreams?,
             supervisor: supervisor.unwrap_or(Supervisor {
                 drain_timeout: Duration::from_secs(20),
+            }),
+            overload: overload.unwrap_or(Overload {
+                memory: ByteSize(256 << 20),
             }),
         };
         complete.then_some(config)

@@ -68,7 +68,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::window::{Window, WindowConfig, WindowTotals};
-use super::{duration_nanos, nanos_since};
+use super::{duration_nanos, nanos_since, CacheAligned};
 
 /// The breaker's settings (SPEC `circuit_breaker:`).
 ///
@@ -247,13 +247,15 @@ pub struct Breaker {
     base: Instant,
     /// `epoch << 3 | state`, written under the lock on every state change
     /// and read without it by [`Breaker::try_acquire`] and
-    /// [`BreakerTicket::record`].
-    gate: AtomicU64,
+    /// [`BreakerTicket::record`]. On its own cache line (with
+    /// `open_until`, written together), so recording outcomes under the
+    /// lock does not slow down admission on other threads.
+    gate: CacheAligned<AtomicU64>,
     /// While open: the end of the open period, in nanoseconds since `base`,
     /// so that refusals need no lock.
     open_until: AtomicU64,
-    /// Everything else.
-    inner: Mutex<Inner>,
+    /// Everything else, on its own cache line.
+    inner: CacheAligned<Mutex<Inner>>,
 }
 
 #[derive(Debug)]
@@ -396,11 +398,11 @@ impl Breaker {
             n_trips: 0,
         };
         Breaker {
-            gate: AtomicU64::new(gate(BreakerState::Closed, 0)),
+            gate: CacheAligned(AtomicU64::new(gate(BreakerState::Closed, 0))),
             open_until: AtomicU64::new(0),
             base: now,
             config,
-            inner: Mutex::new(inner),
+            inner: CacheAligned(Mutex::new(inner)),
         }
     }
 

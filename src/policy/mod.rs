@@ -47,6 +47,22 @@ pub mod window;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Keeps a value on its own cache line, so that writes to it (a lock, a
+/// counter) do not slow down readers of the fields next to it, and the
+/// other way round. Only the alignment matters; crossbeam's `CachePadded`
+/// without the dependency.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct CacheAligned<T>(T);
+
+impl<T> std::ops::Deref for CacheAligned<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Nanoseconds from `base` to `now`, saturating at 0 (for a `now` that is
 /// earlier than `base`) and at `u64::MAX` (584 years).
 ///

@@ -197,16 +197,10 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|token| !token.is_empty())
 }
 
-/// Checks one complete head: `head` runs from the request line to the empty
-/// line, each line ending in CRLF (as [`Framer`] guarantees).
-pub fn check_head(head: &[u8], limits: &HeadLimits) -> Result<Head, Violation> {
-    if head.len() > limits.max_header_bytes {
-        return Err(Violation::HeaderTooLarge);
-    }
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
-    let request_line = lines.next().ok_or(Violation::BadRequestLine)?;
+/// Checks a request line (without its CRLF); returns whether it is
+/// HTTP/1.0. Called as soon as the line is complete, so a bad line is
+/// refused before any parser can act on a partial head.
+pub fn check_request_line(request_line: &[u8], limits: &HeadLimits) -> Result<bool, Violation> {
     if request_line.len() > limits.max_request_line {
         return Err(Violation::RequestLineTooLong);
     }
@@ -243,6 +237,20 @@ pub fn check_head(head: &[u8], limits: &HeadLimits) -> Result<Head, Violation> {
     if !(origin_form || absolute_form || asterisk_form) {
         return Err(Violation::BadRequestLine);
     }
+    Ok(http10)
+}
+
+/// Checks one complete head: `head` runs from the request line to the empty
+/// line, each line ending in CRLF (as [`Framer`] guarantees).
+pub fn check_head(head: &[u8], limits: &HeadLimits) -> Result<Head, Violation> {
+    if head.len() > limits.max_header_bytes {
+        return Err(Violation::HeaderTooLarge);
+    }
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+    let request_line = lines.next().ok_or(Violation::BadRequestLine)?;
+    let http10 = check_request_line(request_line, limits)?;
 
     let mut n_headers = 0usize;
     let mut n_hosts = 0usize;
@@ -561,6 +569,22 @@ impl Framer {
                 b'\n' => {
                     last_was_cr = false;
                     let line_len = len - line_start;
+                    if line_start == 0 {
+                        // The request line is complete: judge it now.
+                        let from = head_from.unwrap_or(index);
+                        let mut line = Vec::new();
+                        let request_line: &[u8] = if self.partial.is_empty() {
+                            &bytes[from..index]
+                        } else {
+                            line.extend_from_slice(&self.partial);
+                            line.extend_from_slice(&bytes[from..index]);
+                            &line
+                        };
+                        check_request_line(
+                            request_line.strip_suffix(b"\r").unwrap_or(request_line),
+                            &self.limits,
+                        )?;
+                    }
                     line_start = len;
                     if line_len == 2 {
                         let from = head_from.unwrap_or(index);

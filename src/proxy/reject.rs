@@ -25,8 +25,8 @@ pub enum Rejection {
     UpstreamReset,
     /// No response headers within the request timeout. 504.
     Timeout,
-    /// breakwater is draining for shutdown. 503.
-    Draining,
+    /// breakwater's own memory is past the shed watermark. 503.
+    Overload,
 }
 
 impl Rejection {
@@ -37,14 +37,14 @@ impl Rejection {
             Rejection::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "upstream-unavailable"),
             Rejection::UpstreamReset => (StatusCode::BAD_GATEWAY, "upstream-reset"),
             Rejection::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-            Rejection::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+            Rejection::Overload => (StatusCode::SERVICE_UNAVAILABLE, "overload"),
         }
     }
 
     /// Seconds a client should wait before trying again, when that helps.
     fn retry_after(self) -> Option<u64> {
         match self {
-            Rejection::Draining | Rejection::UpstreamUnavailable => Some(1),
+            Rejection::Overload | Rejection::UpstreamUnavailable => Some(1),
             _ => None,
         }
     }

@@ -29,6 +29,7 @@ use super::outcome::Outcome;
 use super::reject::Rejection;
 use super::route::{self, RequestFacts};
 use crate::metrics::RouteMetrics;
+use crate::overload::Level;
 use crate::state::State;
 
 /// Per-connection context shared by the requests on it.
@@ -85,8 +86,8 @@ pub async fn handle(
         headers::client_request_id(request.headers()).unwrap_or_else(headers::new_request_id);
     // After an HTTP/1 upgrade request the guard stops framing the
     // connection, so unless the upgrade happens the connection must end.
-    let http1_upgrade =
-        request.version() <= Version::HTTP_11 && headers::is_upgrade(request.headers());
+    let http1 = request.version() <= Version::HTTP_11;
+    let http1_upgrade = http1 && headers::is_upgrade(request.headers());
     let served = CatchUnwind {
         inner: serve(context.clone(), request, request_id.clone()),
     }
@@ -114,7 +115,11 @@ pub async fn handle(
             response
         }
     };
-    if http1_upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+    // Past the first overload watermark, HTTP/1 connections close after
+    // each response so idle clients give their buffers back.
+    let stop_keep_alive = context.state.overload.level() >= Level::StopKeepAlive;
+    let refused_upgrade = http1_upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS;
+    if http1 && (stop_keep_alive || refused_upgrade) {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -146,6 +151,10 @@ async fn serve(
     };
     if context.state.fault_panic_path.as_deref() == Some(parts.uri.path()) {
         panic!("fault injection: BREAKWATER_FAULT_PANIC_PATH matched");
+    }
+
+    if context.state.overload.level() == Level::Shed {
+        return log.reject(Rejection::Overload);
     }
 
     let listener = snapshot.listener(&context.listener);

@@ -7,6 +7,7 @@
 
 mod admin;
 mod cli;
+mod hardening;
 mod lifecycle;
 mod proxy;
 mod reload;

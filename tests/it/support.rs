@@ -156,13 +156,22 @@ impl Process {
 
     /// Peak resident memory in KiB (VmHWM).
     pub fn peak_rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmHWM:")
+    }
+
+    /// Current resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmRSS:")
+    }
+
+    fn proc_status_kib(&self, field: &str) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM")
+            .expect("a /proc status field")
     }
 }
 
@@ -399,10 +408,29 @@ pub fn write_atomically(path: &Path, text: &str) {
 /// Sends raw bytes on a fresh connection and reads until the peer closes
 /// or `limit` passes; returns what was read.
 pub fn raw_exchange(address: SocketAddr, request: &[u8], limit: Duration) -> String {
+    raw_exchange_closed(address, request, limit).0
+}
+
+/// Like [`raw_exchange`], and whether the peer closed the connection
+/// (rather than the read timing out).
+pub fn raw_exchange_closed(address: SocketAddr, request: &[u8], limit: Duration) -> (String, bool) {
     let mut stream = TcpStream::connect(address).expect("connect");
     stream.set_read_timeout(Some(limit)).expect("timeout");
-    stream.write_all(request).expect("write");
+    // The peer may close before taking all of a refused request.
+    let _ = stream.write_all(request);
     let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    String::from_utf8_lossy(&response).into_owned()
+    let closed = match stream.read_to_end(&mut response) {
+        Ok(_) => true,
+        Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    (String::from_utf8_lossy(&response).into_owned(), closed)
+}
+
+/// The value of `name` in a raw HTTP/1 response head, if present.
+pub fn raw_header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    let head = response.split("\r\n\r\n").next()?;
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
 }

@@ -81,10 +81,10 @@ async fn waiters_are_served_first_in_first_out() {
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for name in ["a", "b", "c"] {
-        let bulkhead = Arc::clone(&bulkhead);
+        let shared = Arc::clone(&bulkhead);
         let order = Arc::clone(&order);
         tasks.push(tokio::spawn(async move {
-            let permit = bulkhead.acquire().await.unwrap();
+            let permit = shared.acquire().await.unwrap();
             order.lock().unwrap().push(name);
             tokio::time::sleep(ms(10)).await;
             drop(permit);
