@@ -5,7 +5,7 @@
 //! bounded ring, `/events`, the SSE stream and webhooks (part 3) plug in
 //! here without touching the callers.
 
-use crate::metrics::Metrics;
+use prometheus::IntCounterVec;
 
 /// How much an event matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,14 +31,15 @@ impl Severity {
 
 /// Records an event: `kind` is from a fixed set (e.g. `config_reload`),
 /// `subject` names what it is about (a route, an upstream, a file).
+/// `events_total` is `Metrics::events_total`.
 pub fn emit(
-    metrics: &Metrics,
+    events_total: &IntCounterVec,
     kind: &'static str,
     subject: &str,
     severity: Severity,
     detail: &str,
 ) {
-    metrics.events_total.with_label_values(&[kind]).inc();
+    events_total.with_label_values(&[kind]).inc();
     match severity {
         Severity::Info => {
             tracing::info!(target: "breakwater::event", kind, subject, severity = severity.as_str(), detail, "Event.")

@@ -23,6 +23,7 @@ pub mod demo;
 pub mod events;
 pub mod metrics;
 pub mod overload;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod run;

@@ -37,6 +37,22 @@ pub struct Metrics {
     pub panics_total: IntCounter,
     /// `breakwater_overload_level`: 0 normal, 1 keep-alive stopped, 2 shedding.
     pub overload_level: IntGauge,
+    /// `breakwater_circuit_breaker_state{route}`: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: IntGaugeVec,
+    /// `breakwater_circuit_breaker_transitions_total{route,to}`.
+    pub breaker_transitions: IntCounterVec,
+    /// `breakwater_bulkhead_in_flight{route}`.
+    pub bulkhead_in_flight: IntGaugeVec,
+    /// `breakwater_bulkhead_queued{route}`.
+    pub bulkhead_queued: IntGaugeVec,
+    /// `breakwater_shed_total{route,reason}`: requests refused by a policy.
+    pub shed_total: IntCounterVec,
+    /// `breakwater_retries_total{route}`.
+    pub retries_total: IntCounterVec,
+    /// `breakwater_retry_budget_exhausted_total`: retries not made for lack of budget.
+    pub retry_budget_exhausted: IntCounter,
+    /// `breakwater_endpoint_healthy{upstream,endpoint}`: 1 when taking traffic.
+    pub endpoint_healthy: IntGaugeVec,
 }
 
 /// Handles for one route, resolved when a snapshot is built.
@@ -143,9 +159,62 @@ impl Metrics {
             .namespace("breakwater"),
         )?;
         registry.register(Box::new(overload_level.clone()))?;
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let vec = IntGaugeVec::new(Opts::new(name, help).namespace("breakwater"), labels)?;
+                registry.register(Box::new(vec.clone()))?;
+                Ok(vec)
+            };
+        let breaker_state = gauge(
+            "circuit_breaker_state",
+            "Circuit breaker state by route: 0 closed, 1 half-open, 2 open.",
+            &["route"],
+        )?;
+        let breaker_transitions = counter(
+            "circuit_breaker_transitions_total",
+            "Circuit breaker transitions by route and new state.",
+            &["route", "to"],
+        )?;
+        let bulkhead_in_flight = gauge(
+            "bulkhead_in_flight",
+            "Requests holding a bulkhead slot, by route.",
+            &["route"],
+        )?;
+        let bulkhead_queued = gauge(
+            "bulkhead_queued",
+            "Requests waiting for a bulkhead slot, by route.",
+            &["route"],
+        )?;
+        let shed_total = counter(
+            "shed_total",
+            "Requests refused by a policy, by route and reason (full, queue_timeout, breaker_open, rate_limited).",
+            &["route", "reason"],
+        )?;
+        let retries_total = counter("retries_total", "Retries made, by route.", &["route"])?;
+        let retry_budget_exhausted = IntCounter::with_opts(
+            Opts::new(
+                "retry_budget_exhausted_total",
+                "Retries not made because the retry budget was spent.",
+            )
+            .namespace("breakwater"),
+        )?;
+        registry.register(Box::new(retry_budget_exhausted.clone()))?;
+        let endpoint_healthy = gauge(
+            "endpoint_healthy",
+            "1 when an endpoint takes traffic (healthy and not ejected).",
+            &["upstream", "endpoint"],
+        )?;
         Ok(Metrics {
             panics_total,
             overload_level,
+            breaker_state,
+            breaker_transitions,
+            bulkhead_in_flight,
+            bulkhead_queued,
+            shed_total,
+            retries_total,
+            retry_budget_exhausted,
+            endpoint_healthy,
             registry,
             requests_total,
             request_duration,
@@ -164,6 +233,18 @@ impl Metrics {
             request_duration: self.request_duration.with_label_values(&[route]),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
             requests_total: self.requests_total.clone(),
+        }
+    }
+
+    /// The handles the policy layers of `route` report to.
+    pub fn route_report(&self, route: &str) -> crate::proxy::layers::RouteReport {
+        crate::proxy::layers::RouteReport {
+            route: std::sync::Arc::from(route),
+            transitions: self.breaker_transitions.clone(),
+            shed: self.shed_total.clone(),
+            events: self.events_total.clone(),
+            retries: self.retries_total.with_label_values(&[route]),
+            budget_exhausted: self.retry_budget_exhausted.clone(),
         }
     }
 

@@ -149,7 +149,7 @@ pub fn spawn(state: Arc<State>) {
                     Severity::Warning
                 };
                 events::emit(
-                    &state.metrics,
+                    &state.metrics.events_total,
                     "overload",
                     level.as_str(),
                     severity,

@@ -80,7 +80,7 @@ pub async fn reload(state: &State, trigger: &str) -> Result<Reloaded, ConfigErro
                 .with_label_values(&["success"])
                 .inc();
             events::emit(
-                &state.metrics,
+                &state.metrics.events_total,
                 "config_reload",
                 source_name(state),
                 Severity::Info,
@@ -98,7 +98,7 @@ pub async fn reload(state: &State, trigger: &str) -> Result<Reloaded, ConfigErro
                 .with_label_values(&["error"])
                 .inc();
             events::emit(
-                &state.metrics,
+                &state.metrics.events_total,
                 "config_reload_failed",
                 source_name(state),
                 Severity::Warning,

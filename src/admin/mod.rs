@@ -1,12 +1,17 @@
 //! The admin port (SPEC §6): operators look at and steer breakwater here.
 //!
-//! | method & path          | does                                             |
-//! |------------------------|--------------------------------------------------|
-//! | GET `/healthz`         | 200 while the process is up                      |
-//! | GET `/readyz`          | 200 when serving, 503 with the reason otherwise  |
-//! | GET `/metrics`         | Prometheus text format                           |
-//! | GET `/status`          | listeners, routes, upstreams, config version     |
-//! | POST `/config/reload`  | reload the config (like SIGHUP); errors returned |
+//! | method & path                      | does                                              |
+//! |------------------------------------|---------------------------------------------------|
+//! | GET `/healthz`                     | 200 while the process is up                       |
+//! | GET `/readyz`                      | 200 when serving, 503 with the reason otherwise   |
+//! | GET `/metrics`                     | Prometheus text format                            |
+//! | GET `/status`                      | listeners, routes and their policies, upstreams,  |
+//! |                                    | endpoints (health, ejections), config version     |
+//! | POST `/config/reload`              | reload the config (like SIGHUP); errors returned  |
+//! | POST `/breakers/{route}/open`      | force the route's breaker open until reset        |
+//! | POST `/breakers/{route}/close`     | force it closed (nothing counted) until reset     |
+//! | POST `/breakers/{route}/reset`     | back to closed, window and backoff cleared        |
+//! | POST `/breakers/reset`             | reset every breaker                               |
 //!
 //! Every answer is JSON except `/metrics`. Mutating paths take POST only (a
 //! GET is 405 and changes nothing), need `authorization: Bearer <token>`
@@ -27,8 +32,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
+use crate::policy::breaker::Force;
 use crate::proxy::body::Body;
+use crate::proxy::snapshot::Snapshot;
 use crate::state::State;
 
 /// Serves the admin API on `listener` until shutdown completes.
@@ -74,10 +82,11 @@ async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let path = request.uri().path();
-    let (access, allowed) = match path {
+    let path = request.uri().path().to_owned();
+    let (access, allowed) = match path.as_str() {
         "/healthz" | "/readyz" | "/metrics" | "/status" => (Access::Read, Method::GET),
-        "/config/reload" => (Access::Mutate, Method::POST),
+        "/config/reload" | "/breakers/reset" => (Access::Mutate, Method::POST),
+        _ if breaker_action(&path).is_some() => (Access::Mutate, Method::POST),
         _ => {
             return Ok(json_response(
                 StatusCode::NOT_FOUND,
@@ -103,10 +112,11 @@ async fn handle(
             return Ok(refusal);
         }
     }
-    let response = match path {
+    let response = match path.as_str() {
         "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
         "/readyz" => readyz(&state),
         "/metrics" => {
+            refresh_gauges(&state);
             let mut response = Response::new(Body::full(state.metrics.render()));
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -130,7 +140,23 @@ async fn handle(
                 }),
             ),
         },
-        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+        "/breakers/reset" => {
+            let snapshot = state.snapshot();
+            let mut reset = Vec::new();
+            for route in snapshot.routes() {
+                if let Some(breaker) = &route.breaker {
+                    if let Some(transition) = breaker.force(Force::Reset, Instant::now()) {
+                        route.report.transition(transition);
+                    }
+                    reset.push(route.name.to_string());
+                }
+            }
+            json_response(StatusCode::OK, &json!({"result": "ok", "reset": reset}))
+        }
+        _ => match breaker_action(&path) {
+            Some((route, action)) => force_breaker(&state, route, action),
+            None => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+        },
     };
     Ok(response)
 }
@@ -193,6 +219,82 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     difference == 0
 }
 
+/// `/breakers/{route}/{open|close|reset}` → (route, action).
+fn breaker_action(path: &str) -> Option<(&str, Force)> {
+    let rest = path.strip_prefix("/breakers/")?;
+    let (route, action) = rest.split_once('/')?;
+    let action = match action {
+        "open" => Force::Open,
+        "close" => Force::Closed,
+        "reset" => Force::Reset,
+        _ => return None,
+    };
+    (!route.is_empty()).then_some((route, action))
+}
+
+fn force_breaker(state: &State, route_name: &str, action: Force) -> Response<Body> {
+    let snapshot = state.snapshot();
+    let Some(route) = snapshot.route(route_name) else {
+        let known: Vec<&str> = snapshot.routes().map(|route| &*route.name).collect();
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no route named {route_name:?}"), "routes": known}),
+        );
+    };
+    let Some(breaker) = &route.breaker else {
+        return json_response(
+            StatusCode::CONFLICT,
+            &json!({"error": format!("route {route_name:?} has circuit_breaker: false")}),
+        );
+    };
+    let now = Instant::now();
+    if let Some(transition) = breaker.force(action, now) {
+        route.report.transition(transition);
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"result": "ok", "route": route_name, "breaker": breaker.snapshot(now)}),
+    )
+}
+
+/// Sets the gauges that mirror policy state, just before a scrape, so the
+/// request path never touches them.
+fn refresh_gauges(state: &State) {
+    let snapshot = state.snapshot();
+    let now = Instant::now();
+    let metrics = &state.metrics;
+    for route in snapshot.routes() {
+        if let Some(breaker) = &route.breaker {
+            let _ = breaker
+                .advance(now)
+                .map(|transition| route.report.transition(transition));
+            metrics
+                .breaker_state
+                .with_label_values(&[&*route.name])
+                .set(breaker.state().gauge());
+        }
+        if let Some(bulkhead) = &route.bulkhead {
+            metrics
+                .bulkhead_in_flight
+                .with_label_values(&[&*route.name])
+                .set(bulkhead.in_flight() as i64);
+            metrics
+                .bulkhead_queued
+                .with_label_values(&[&*route.name])
+                .set(bulkhead.queued() as i64);
+        }
+    }
+    for pool in &snapshot.upstreams {
+        for (index, endpoint) in pool.endpoints().iter().enumerate() {
+            let up = i64::from(pool.is_available(index, now));
+            metrics
+                .endpoint_healthy
+                .with_label_values(&[&pool.config.name, endpoint.authority.as_str()])
+                .set(up);
+        }
+    }
+}
+
 fn readyz(state: &State) -> Response<Body> {
     if state.is_draining() {
         json_response(
@@ -204,8 +306,35 @@ fn readyz(state: &State) -> Response<Body> {
     }
 }
 
+fn route_status(snapshot: &Snapshot, name: &str, now: Instant) -> Value {
+    let Some(route) = snapshot.route(name) else {
+        return json!({"name": name});
+    };
+    let config = &route.config;
+    json!({
+        "name": config.name,
+        "match": config.matcher,
+        "upstream": config.upstream,
+        "timeouts": config.timeouts,
+        "retry": config.retry,
+        "breaker": route.breaker.as_ref().map(|breaker| breaker.snapshot(now)),
+        "bulkhead": route.bulkhead.as_ref().map(|bulkhead| json!({
+            "in_flight": bulkhead.in_flight(),
+            "queued": bulkhead.queued(),
+            "max_concurrent": bulkhead.max_concurrent(),
+            "max_queue": bulkhead.max_queue(),
+        })),
+        "rate_limit": route.rate_limiter.as_ref().map(|limiter| json!({
+            "rps": limiter.rps(),
+            "burst": limiter.burst(),
+            "tokens": limiter.available(now),
+        })),
+    })
+}
+
 fn status(state: &State) -> Value {
     let snapshot = state.snapshot();
+    let now = Instant::now();
     let config = &snapshot.config;
     let listeners: Vec<Value> = config
         .listeners
@@ -220,12 +349,7 @@ fn status(state: &State) -> Value {
                 "name": listener.name,
                 "listen": listener.listen.to_string(),
                 "connections": connections,
-                "routes": listener.routes.iter().map(|route| json!({
-                    "name": route.name,
-                    "match": route.matcher,
-                    "upstream": route.upstream,
-                    "timeouts": route.timeouts,
-                })).collect::<Vec<_>>(),
+                "routes": listener.routes.iter().map(|route| route_status(&snapshot, &route.name, now)).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -234,11 +358,22 @@ fn status(state: &State) -> Value {
         .iter()
         .map(|pool| {
             let endpoint = |address: &http::uri::Authority, role: &str| json!({"address": address.as_str(), "role": role});
+            let primary = |index: usize, endpoint: &crate::proxy::forward::Endpoint| {
+                let outlier = pool.outlier();
+                json!({
+                    "address": endpoint.authority.as_str(),
+                    "role": "primary",
+                    "available": pool.is_available(index, now),
+                    "healthy": endpoint.healthy.load(Ordering::Relaxed),
+                    "ejected": outlier.is_some_and(|o| !o.is_available(index, now)),
+                    "times_ejected": outlier.map_or(0, |o| o.times_ejected(index)),
+                })
+            };
             json!({
                 "name": pool.config.name,
                 "protocol": pool.config.protocol,
                 "connect_timeout": crate::units::format_duration(pool.config.connect_timeout),
-                "endpoints": pool.endpoints().iter().map(|a| endpoint(a, "primary"))
+                "endpoints": pool.endpoints().iter().enumerate().map(|(i, e)| primary(i, e))
                     .chain(pool.backup().iter().map(|a| endpoint(a, "backup"))).collect::<Vec<_>>(),
             })
         })

@@ -10,6 +10,7 @@
 
 mod decode;
 mod model;
+pub mod policy;
 mod validate;
 pub mod yaml;
 

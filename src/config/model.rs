@@ -12,7 +12,20 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::decode::{one_of, parse_with, ByteSize, Cx, Decode, Fields};
+use super::policy::{
+    self, Bulkhead, CircuitBreaker, HealthCheck, OutlierDetection, RateLimit, Retry, Toggle,
+};
 use super::yaml::Node;
+
+fn ser_opt_duration<S: serde::Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => ser_duration(duration, serializer),
+        None => serializer.serialize_none(),
+    }
+}
 
 fn ser_duration<S: serde::Serializer>(
     duration: &Duration,
@@ -266,6 +279,15 @@ pub struct Route {
     pub upstream: String,
     /// Request timeouts.
     pub timeouts: RouteTimeouts,
+    /// Token bucket; none unless set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// The circuit breaker (on by default).
+    pub circuit_breaker: Toggle<CircuitBreaker>,
+    /// The bulkhead (on by default).
+    pub bulkhead: Toggle<Bulkhead>,
+    /// Retries (default: one attempt, i.e. none).
+    pub retry: Retry,
 }
 
 /// `routes[].match:` — every given condition must hold.
@@ -295,6 +317,12 @@ pub struct RouteTimeouts {
     /// Time until the upstream's response headers. Default 15s. → 504.
     #[serde(serialize_with = "ser_duration")]
     pub request: Duration,
+    /// Time for each try when retries are on; at most `request`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_duration"
+    )]
+    pub per_try: Option<Duration>,
 }
 
 /// `upstreams[]:`
@@ -311,6 +339,11 @@ pub struct Upstream {
     /// Time allowed to open a TCP connection. Default 1s. → 502.
     #[serde(serialize_with = "ser_duration")]
     pub connect_timeout: Duration,
+    /// Passive health from live traffic (on by default).
+    pub outlier_detection: Toggle<OutlierDetection>,
+    /// Active probes of each endpoint; none unless set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
 }
 
 /// `upstreams[].protocol`
@@ -529,13 +562,18 @@ fn decode_listener(cx: &mut Cx, node: &Node, global: &Limits) -> Option<Listener
     complete.then_some(listener)
 }
 
-const ROUTE_KEYS: &[&str] = &["name", "match", "upstream", "timeouts"];
-const ROUTE_LATER: &[&str] = &[
-    "priority",
-    "retry",
+const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "match",
+    "upstream",
+    "timeouts",
+    "rate_limit",
     "circuit_breaker",
     "bulkhead",
-    "rate_limit",
+    "retry",
+];
+const ROUTE_LATER: &[&str] = &[
+    "priority",
     "fallback",
     "stale_if_error",
     "fault",
@@ -556,14 +594,30 @@ impl Decode for Route {
             let mut fields = Fields::new(cx, node)?;
             let request = fields.or(cx, "request", Duration::from_secs(15));
             positive(cx, &fields, "request", request);
+            let per_try: Option<Duration> = fields.opt(cx, "per_try");
+            if per_try.is_some_and(|per_try| per_try.is_zero() || per_try > request) {
+                cx.error_at(
+                    "per_try",
+                    fields.key_line("per_try"),
+                    "must be above 0 and at most timeouts.request",
+                );
+            }
             fields
                 .finish(
                     cx,
-                    &["request"],
-                    &["per_try", "connect", "idle", "header_read"],
+                    &["request", "per_try"],
+                    &["connect", "idle", "header_read"],
                 )
-                .then_some(RouteTimeouts { request })
+                .then_some(RouteTimeouts { request, per_try })
         });
+        let rate_limit = fields.opt(cx, "rate_limit");
+        let circuit_breaker = fields
+            .opt_with(cx, "circuit_breaker", policy::decode_breaker)
+            .unwrap_or_else(|| Toggle::On(CircuitBreaker::default()));
+        let bulkhead = fields
+            .opt_with(cx, "bulkhead", policy::decode_bulkhead)
+            .unwrap_or_else(|| Toggle::On(Bulkhead::default()));
+        let retry = fields.opt(cx, "retry").unwrap_or_default();
         let complete = fields.finish(cx, ROUTE_KEYS, ROUTE_LATER);
         let route = Route {
             name: name?,
@@ -571,7 +625,12 @@ impl Decode for Route {
             upstream: upstream?,
             timeouts: timeouts.unwrap_or(RouteTimeouts {
                 request: Duration::from_secs(15),
+                per_try: None,
             }),
+            rate_limit,
+            circuit_breaker,
+            bulkhead,
+            retry,
         };
         complete.then_some(route)
     }
@@ -707,10 +766,22 @@ impl Decode for Upstream {
             .unwrap_or(Protocol::Http1);
         let connect_timeout = fields.or(cx, "connect_timeout", Duration::from_secs(1));
         positive(cx, &fields, "connect_timeout", connect_timeout);
+        let outlier_detection = fields
+            .opt_with(cx, "outlier_detection", policy::decode_outlier)
+            .unwrap_or_else(|| Toggle::On(OutlierDetection::default()));
+        let health_check = fields.opt(cx, "health_check");
         let complete = fields.finish(
             cx,
-            &["name", "endpoints", "backup", "protocol", "connect_timeout"],
-            &["tls", "health_check", "outlier_detection", "slow_start"],
+            &[
+                "name",
+                "endpoints",
+                "backup",
+                "protocol",
+                "connect_timeout",
+                "outlier_detection",
+                "health_check",
+            ],
+            &["tls", "slow_start"],
         );
         let upstream = Upstream {
             name: name?,
@@ -718,6 +789,8 @@ impl Decode for Upstream {
             backup,
             protocol,
             connect_timeout,
+            outlier_detection,
+            health_check,
         };
         complete.then_some(upstream)
     }

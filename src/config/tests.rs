@@ -115,12 +115,12 @@ upstreams:
 fn unknown_and_later_keys_are_errors() {
     let text = MINIMAL.replace(
         "        upstream: app\n",
-        "        upstream: app\n        circuit_breaker: {}\n        colour: red\n",
+        "        upstream: app\n        fallback: {status: 503}\n        colour: red\n",
     );
     let error = load(&text).unwrap_err();
     let messages = error.to_string();
     assert!(
-        messages.contains("circuit_breaker: is in the breakwater spec but not supported"),
+        messages.contains("fallback: is in the breakwater spec but not supported"),
         "{messages}"
     );
     assert!(
@@ -198,4 +198,133 @@ fn empty_and_garbage_files() {
         .unwrap_err()
         .to_string()
         .contains("expected a mapping"));
+}
+
+const WITH_POLICIES: &str = "\
+listeners:
+  - name: inbound
+    listen: 127.0.0.1:15006
+    routes:
+      - name: checkout
+        upstream: app
+        timeouts: {request: 2s, per_try: 800ms}
+        retry: {attempts: 3, retry_on: [connect_error, http_5xx, 429], budget: {ratio: 0.2, min_per_sec: 10}}
+        circuit_breaker:
+          consecutive_failures: 5
+          failure_rate: 0.5
+          slow_call_rate: 0.8
+          slow_call_duration: 1s
+          window: {type: time, size: 10s}
+          minimum_calls: 20
+          open_duration: 5s
+          open_backoff: 2
+          max_open_duration: 60s
+          half_open_max_calls: 3
+          half_open_successes: 3
+          failure_statuses: [500, 502, 503, 504]
+        bulkhead: {max_concurrent: 64, max_queue: 128, queue_timeout: 100ms}
+        rate_limit: {rps: 500, burst: 100}
+      - name: catalog
+        upstream: app
+        circuit_breaker: false
+        bulkhead: false
+upstreams:
+  - name: app
+    endpoints: [127.0.0.1:8080]
+    health_check:
+      http: {path: /healthz, expect_status: [200, 204]}
+      interval: 2s
+      timeout: 1s
+      unhealthy_threshold: 3
+      healthy_threshold: 2
+    outlier_detection: {consecutive_failures: 5, base_ejection_time: 30s, max_ejection_percent: 50}
+";
+
+#[test]
+fn policies_decode_with_defaults_and_round_trip() {
+    use policy::{BreakerWindow, Probe, RetryOn, Toggle};
+    let config = load(WITH_POLICIES).unwrap();
+    let checkout = &config.listeners[0].routes[0];
+    let breaker = checkout.circuit_breaker.on().unwrap();
+    assert_eq!(breaker.window, BreakerWindow::Time(Duration::from_secs(10)));
+    assert_eq!(breaker.slow_call_rate, Some(0.8));
+    assert_eq!(
+        checkout.retry.retry_on,
+        [
+            RetryOn::ConnectError,
+            RetryOn::Http5xx,
+            RetryOn::Status(429)
+        ]
+    );
+    assert_eq!(checkout.timeouts.per_try, Some(Duration::from_millis(800)));
+    assert_eq!(checkout.bulkhead.on().unwrap().max_queue, 128);
+    assert_eq!(checkout.rate_limit.as_ref().unwrap().burst, 100);
+    let catalog = &config.listeners[0].routes[1];
+    assert_eq!(catalog.circuit_breaker, Toggle::Off);
+    assert_eq!(catalog.bulkhead, Toggle::Off);
+    assert_eq!(catalog.retry.attempts, 1);
+    let upstream = &config.upstreams[0];
+    assert!(
+        matches!(&upstream.health_check.as_ref().unwrap().probe, Probe::Http { expect_status, .. } if expect_status == &[200, 204])
+    );
+    // Defaults: a minimal route has a breaker and a bulkhead, an upstream outlier detection.
+    let minimal = load(MINIMAL).unwrap();
+    assert!(minimal.listeners[0].routes[0]
+        .circuit_breaker
+        .on()
+        .is_some());
+    assert_eq!(
+        minimal.listeners[0].routes[0]
+            .bulkhead
+            .on()
+            .unwrap()
+            .max_concurrent,
+        1024
+    );
+    assert!(minimal.upstreams[0].outlier_detection.on().is_some());
+
+    let printed = config.to_yaml();
+    assert_eq!(
+        load(&printed).unwrap_or_else(|error| panic!("{error}\n{printed}")),
+        config
+    );
+}
+
+#[test]
+fn policy_values_are_range_checked_all_at_once() {
+    let text = WITH_POLICIES
+        .replace("failure_rate: 0.5", "failure_rate: 1.5")
+        .replace("half_open_max_calls: 3", "half_open_max_calls: 0")
+        .replace(
+            "bulkhead: {max_concurrent: 64, max_queue: 128, queue_timeout: 100ms}",
+            "bulkhead: {max_queue: 128}",
+        )
+        .replace("attempts: 3", "attempts: 0")
+        .replace("429]", "teapot]")
+        .replace("per_try: 800ms", "per_try: 5s")
+        .replace("max_ejection_percent: 50", "max_ejection_percent: 150");
+    let error = load(&text).unwrap_err();
+    let paths: Vec<&str> = error
+        .issues
+        .iter()
+        .map(|issue| issue.path.as_str())
+        .collect();
+    for expected in [
+        "listeners[0].routes[0].circuit_breaker.failure_rate",
+        "listeners[0].routes[0].circuit_breaker.half_open_max_calls",
+        "listeners[0].routes[0].bulkhead.max_queue",
+        "listeners[0].routes[0].retry.attempts",
+        "listeners[0].routes[0].retry.retry_on[2]",
+        "listeners[0].routes[0].timeouts.per_try",
+        "upstreams[0].outlier_detection.max_ejection_percent",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "missing {expected} in {paths:#?}"
+        );
+    }
+    assert!(
+        error.issues.iter().all(|issue| issue.line.is_some()),
+        "{error}"
+    );
 }

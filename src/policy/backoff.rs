@@ -115,14 +115,24 @@ mod tests {
 
     #[test]
     fn try_new_refuses_zero_and_base_above_max() {
-        assert_eq!(Backoff::try_new(Duration::ZERO, ms(1)), Err(InvalidBackoff::ZeroBase));
+        assert_eq!(
+            Backoff::try_new(Duration::ZERO, ms(1)),
+            Err(InvalidBackoff::ZeroBase)
+        );
         assert_eq!(
             Backoff::try_new(ms(2), ms(1)),
-            Err(InvalidBackoff::BaseAboveMax { base: ms(2), max: ms(1) })
+            Err(InvalidBackoff::BaseAboveMax {
+                base: ms(2),
+                max: ms(1)
+            })
         );
         assert_eq!(Backoff::try_new(ms(1), ms(1)).unwrap().max(), ms(1));
         assert_eq!(
-            InvalidBackoff::BaseAboveMax { base: ms(2), max: ms(1) }.to_string(),
+            InvalidBackoff::BaseAboveMax {
+                base: ms(2),
+                max: ms(1)
+            }
+            .to_string(),
             "backoff base (2ms) must not exceed max (1ms)"
         );
     }
@@ -131,7 +141,10 @@ mod tests {
     fn the_ceiling_doubles_up_to_max() {
         let backoff = Backoff::default();
         let ceilings: Vec<_> = (0..6).map(|attempt| backoff.ceiling(attempt)).collect();
-        assert_eq!(ceilings, [ms(25), ms(50), ms(100), ms(200), ms(250), ms(250)]);
+        assert_eq!(
+            ceilings,
+            [ms(25), ms(50), ms(100), ms(200), ms(250), ms(250)]
+        );
         // No overflow for absurd attempt numbers.
         assert_eq!(backoff.ceiling(31), ms(250));
         assert_eq!(backoff.ceiling(32), ms(250));

@@ -230,7 +230,10 @@ pub struct BreakerSnapshot {
     /// Probe successes so far in the current half-open period.
     pub half_open_successes: u32,
     /// The open period of the current (or, while closed, the next) trip.
-    #[serde(rename = "current_open_duration_ms", serialize_with = "serialize_millis")]
+    #[serde(
+        rename = "current_open_duration_ms",
+        serialize_with = "serialize_millis"
+    )]
     pub current_open_duration: Duration,
     /// Trips (entries into open) since the breaker was built.
     pub n_trips: u64,
@@ -245,17 +248,23 @@ pub struct Breaker {
     config: BreakerConfig,
     /// Time zero for `open_until`.
     base: Instant,
-    /// `epoch << 3 | state`, written under the lock on every state change
-    /// and read without it by [`Breaker::try_acquire`] and
-    /// [`BreakerTicket::record`]. On its own cache line (with
-    /// `open_until`, written together), so recording outcomes under the
-    /// lock does not slow down admission on other threads.
-    gate: CacheAligned<AtomicU64>,
+    /// What admission reads without the lock, on its own cache line so
+    /// that recording outcomes under the lock does not slow it down.
+    gate: CacheAligned<Gate>,
+    /// Everything else, on its own cache line.
+    inner: CacheAligned<Mutex<Inner>>,
+}
+
+/// The lock-free mirror of the state, written under the lock on every
+/// state change.
+#[derive(Debug)]
+struct Gate {
+    /// `epoch << 3 | state`, read by [`Breaker::try_acquire`] and
+    /// [`BreakerTicket::record`].
+    state_epoch: AtomicU64,
     /// While open: the end of the open period, in nanoseconds since `base`,
     /// so that refusals need no lock.
     open_until: AtomicU64,
-    /// Everything else, on its own cache line.
-    inner: CacheAligned<Mutex<Inner>>,
 }
 
 #[derive(Debug)]
@@ -371,7 +380,7 @@ impl BreakerState {
     }
 }
 
-/// The gate's low bits hold the state.
+/// The low bits of [`Gate::state_epoch`] hold the state.
 const STATE_BITS: u32 = 3;
 const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
 
@@ -398,8 +407,10 @@ impl Breaker {
             n_trips: 0,
         };
         Breaker {
-            gate: CacheAligned(AtomicU64::new(gate(BreakerState::Closed, 0))),
-            open_until: AtomicU64::new(0),
+            gate: CacheAligned(Gate {
+                state_epoch: AtomicU64::new(gate(BreakerState::Closed, 0)),
+                open_until: AtomicU64::new(0),
+            }),
             base: now,
             config,
             inner: CacheAligned(Mutex::new(inner)),
@@ -419,7 +430,7 @@ impl Breaker {
     /// The stored state, without applying a due open → half-open change
     /// (see [`Breaker::snapshot`] for the state as of a given `now`).
     pub fn state(&self) -> BreakerState {
-        BreakerState::from_bits(self.gate.load(Ordering::Acquire))
+        BreakerState::from_bits(self.gate.state_epoch.load(Ordering::Acquire))
     }
 
     /// Admits a call, or refuses it with the time until it may be tried.
@@ -430,7 +441,7 @@ impl Breaker {
     /// half-open. Half-open: admitted as a probe while fewer than
     /// `half_open_max_calls` probe tickets are alive, refused otherwise.
     pub fn try_acquire(self: &Arc<Self>, now: Instant) -> Result<BreakerTicket, BreakerRejected> {
-        let gate = self.gate.load(Ordering::Acquire);
+        let gate = self.gate.state_epoch.load(Ordering::Acquire);
         let epoch = gate >> STATE_BITS;
         match BreakerState::from_bits(gate) {
             state @ (BreakerState::Closed | BreakerState::ForcedClosed) => {
@@ -438,7 +449,7 @@ impl Breaker {
             }
             BreakerState::ForcedOpen => return Err(self.rejected_forced(None)),
             BreakerState::Open => {
-                let until = self.open_until.load(Ordering::Acquire);
+                let until = self.gate.open_until.load(Ordering::Acquire);
                 let at = nanos_since(self.base, now);
                 if at < until {
                     return Err(rejected_open(until - at, None));
@@ -450,7 +461,10 @@ impl Breaker {
     }
 
     /// The slow path: open with its period over, or half-open.
-    fn try_acquire_locked(self: &Arc<Self>, now: Instant) -> Result<BreakerTicket, BreakerRejected> {
+    fn try_acquire_locked(
+        self: &Arc<Self>,
+        now: Instant,
+    ) -> Result<BreakerTicket, BreakerRejected> {
         let mut inner = self.lock();
         let transition = self.advance_locked(&mut inner, now);
         match inner.state {
@@ -460,7 +474,10 @@ impl Breaker {
             BreakerState::ForcedOpen => Err(self.rejected_forced(transition)),
             BreakerState::Open => {
                 let at = nanos_since(self.base, now);
-                Err(rejected_open(inner.open_until.saturating_sub(at), transition))
+                Err(rejected_open(
+                    inner.open_until.saturating_sub(at),
+                    transition,
+                ))
             }
             BreakerState::HalfOpen => {
                 if inner.half_open_in_flight < self.config.half_open_max_calls {
@@ -499,7 +516,9 @@ impl Breaker {
         let from = inner.state;
         match action {
             Force::Open => self.set_state(&mut inner, BreakerState::ForcedOpen, TripReason::Forced),
-            Force::Closed => self.set_state(&mut inner, BreakerState::ForcedClosed, TripReason::Forced),
+            Force::Closed => {
+                self.set_state(&mut inner, BreakerState::ForcedClosed, TripReason::Forced)
+            }
             Force::Reset => {
                 inner.window.reset();
                 inner.consecutive_failures = 0;
@@ -509,7 +528,9 @@ impl Breaker {
                     // A new epoch all the same: outcomes of calls admitted
                     // before the reset must not land in the cleared window.
                     inner.epoch += 1;
-                    self.gate.store(gate(inner.state, inner.epoch), Ordering::Release);
+                    self.gate
+                        .state_epoch
+                        .store(gate(inner.state, inner.epoch), Ordering::Release);
                     None
                 } else {
                     self.set_state(&mut inner, BreakerState::Closed, TripReason::Reset)
@@ -595,11 +616,14 @@ impl Breaker {
         now: Instant,
     ) -> Option<Transition> {
         match issued_in {
-            BreakerState::HalfOpen => self.finish_probe(epoch, outcome.map(|outcome| (outcome, now))),
+            BreakerState::HalfOpen => {
+                self.finish_probe(epoch, outcome.map(|outcome| (outcome, now)))
+            }
             BreakerState::Closed => {
                 let outcome = outcome?;
                 if outcome == CallResult::Ignored
-                    || self.gate.load(Ordering::Acquire) != gate(BreakerState::Closed, epoch)
+                    || self.gate.state_epoch.load(Ordering::Acquire)
+                        != gate(BreakerState::Closed, epoch)
                 {
                     // Nothing to count, or stale: no need to lock.
                     return None;
@@ -617,7 +641,11 @@ impl Breaker {
 
     /// Ends a probe ticket: `outcome` is `None` when it was dropped
     /// unrecorded.
-    fn finish_probe(&self, epoch: u64, outcome: Option<(CallResult, Instant)>) -> Option<Transition> {
+    fn finish_probe(
+        &self,
+        epoch: u64,
+        outcome: Option<(CallResult, Instant)>,
+    ) -> Option<Transition> {
         let mut inner = self.lock();
         inner.half_open_in_flight = inner.half_open_in_flight.saturating_sub(1);
         if inner.state != BreakerState::HalfOpen || inner.epoch != epoch {
@@ -645,13 +673,24 @@ impl Breaker {
         inner.consecutive_failures = 0;
         inner.half_open_successes = 0;
         inner.current_open_duration = self.config.open_duration;
-        self.set_state(&mut inner, BreakerState::Closed, TripReason::ProbesSucceeded)
+        self.set_state(
+            &mut inner,
+            BreakerState::Closed,
+            TripReason::ProbesSucceeded,
+        )
     }
 
     /// Counts a fresh closed-state outcome and trips if a threshold is met.
-    fn record_closed(&self, inner: &mut Inner, outcome: CallResult, now: Instant) -> Option<Transition> {
+    fn record_closed(
+        &self,
+        inner: &mut Inner,
+        outcome: CallResult,
+        now: Instant,
+    ) -> Option<Transition> {
         let failure = outcome == CallResult::Failure;
-        inner.window.record(failure, outcome == CallResult::Slow, now);
+        inner
+            .window
+            .record(failure, outcome == CallResult::Slow, now);
         if !failure {
             inner.consecutive_failures = 0;
         } else {
@@ -686,18 +725,26 @@ impl Breaker {
     }
 
     /// Moves to `to` under a new epoch and publishes it to the gate.
-    fn set_state(&self, inner: &mut Inner, to: BreakerState, reason: TripReason) -> Option<Transition> {
+    fn set_state(
+        &self,
+        inner: &mut Inner,
+        to: BreakerState,
+        reason: TripReason,
+    ) -> Option<Transition> {
         let from = inner.state;
         if from == to {
             return None;
         }
         inner.state = to;
         inner.epoch += 1;
-        self.open_until.store(inner.open_until, Ordering::Release);
-        self.gate.store(gate(to, inner.epoch), Ordering::Release);
+        self.gate
+            .open_until
+            .store(inner.open_until, Ordering::Release);
+        self.gate
+            .state_epoch
+            .store(gate(to, inner.epoch), Ordering::Release);
         Some(Transition { from, to, reason })
     }
-
 }
 
 fn rejected_open(remaining_nanos: u64, transition: Option<Transition>) -> BreakerRejected {
@@ -716,7 +763,8 @@ impl BreakerTicket {
     /// state change counts nothing (see the module docs).
     pub fn record(mut self, outcome: CallResult, now: Instant) -> Option<Transition> {
         self.recorded = true;
-        self.breaker.finish(self.epoch, self.issued_in, Some(outcome), now)
+        self.breaker
+            .finish(self.epoch, self.issued_in, Some(outcome), now)
     }
 
     /// The transition that admitting this call caused (open → half-open),
@@ -746,7 +794,10 @@ impl Drop for BreakerTicket {
     }
 }
 
-fn serialize_millis<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+fn serialize_millis<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 

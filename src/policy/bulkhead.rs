@@ -24,8 +24,8 @@
 //! What it does not do: adapt the limit (`adaptive: true`, a later part),
 //! build the 503, or sleep on anything but tokio's clock.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 

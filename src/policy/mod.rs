@@ -8,7 +8,7 @@
 //! | rate limit | [`rate_limit::RateLimiter`] | may this request start now, or when may it? |
 //! | breaker | [`breaker::Breaker`] | is the upstream healthy enough to try? |
 //! | bulkhead | [`bulkhead::Bulkhead`] | is there room in flight (or in the queue)? |
-//! | retries | [`retry_budget::RetryBudget`], [`backoff::Backoff`] | may this failure be retried, and after how long? |
+//! | retries | [`retry`], [`retry_budget::RetryBudget`], [`backoff::Backoff`] | may this failure be retried, and after how long? |
 //! | endpoints | [`outlier::OutlierDetector`], [`health::HealthTracker`] | which endpoints may take traffic? |
 //!
 //! The one idea: **the data plane reads the clock once per request and passes
@@ -41,6 +41,7 @@ pub mod bulkhead;
 pub mod health;
 pub mod outlier;
 pub mod rate_limit;
+pub mod retry;
 pub mod retry_budget;
 pub mod window;
 

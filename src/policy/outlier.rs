@@ -110,7 +110,9 @@ impl OutlierDetector {
     pub fn new(config: OutlierConfig, n_endpoints: usize) -> Self {
         OutlierDetector {
             config,
-            endpoints: (0..n_endpoints).map(|_| EndpointHealth::default()).collect(),
+            endpoints: (0..n_endpoints)
+                .map(|_| EndpointHealth::default())
+                .collect(),
             ejections: Mutex::new(Ejections {
                 until: vec![None; n_endpoints],
                 times_ejected: vec![0; n_endpoints],
@@ -165,7 +167,11 @@ impl OutlierDetector {
     /// Allocates only when someone comes back.
     pub fn refresh(&self, now: Instant) -> Vec<usize> {
         let mut returned = Vec::new();
-        if !self.endpoints.iter().any(|health| health.ejected.load(Ordering::Acquire)) {
+        if !self
+            .endpoints
+            .iter()
+            .any(|health| health.ejected.load(Ordering::Acquire))
+        {
             return returned;
         }
         let mut ejections = self.lock();
@@ -193,7 +199,11 @@ impl OutlierDetector {
 
     /// How many times `endpoint` has been ejected (0 outside the set).
     pub fn times_ejected(&self, endpoint: usize) -> u32 {
-        self.lock().times_ejected.get(endpoint).copied().unwrap_or(0)
+        self.lock()
+            .times_ejected
+            .get(endpoint)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The number of endpoints.
@@ -218,12 +228,18 @@ impl OutlierDetector {
         (n_endpoints.saturating_mul(percent) / 100).min(n_endpoints.saturating_sub(1))
     }
 
-    fn try_eject(&self, endpoint: usize, health: &EndpointHealth, now: Instant) -> Option<Ejection> {
+    fn try_eject(
+        &self,
+        endpoint: usize,
+        health: &EndpointHealth,
+        now: Instant,
+    ) -> Option<Ejection> {
         let mut ejections = self.lock();
         // Another thread may have ejected it, or a success reset the run,
         // between the count and the lock.
         if health.ejected.load(Ordering::Acquire)
-            || health.consecutive_failures.load(Ordering::Relaxed) < self.config.consecutive_failures
+            || health.consecutive_failures.load(Ordering::Relaxed)
+                < self.config.consecutive_failures
         {
             return None;
         }
@@ -257,7 +273,9 @@ impl OutlierDetector {
     /// As in the breaker: nothing under this lock panics, so a poisoned
     /// lock is used as is.
     fn lock(&self) -> MutexGuard<'_, Ejections> {
-        self.ejections.lock().unwrap_or_else(PoisonError::into_inner)
+        self.ejections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -267,7 +285,11 @@ impl Ejections {
     /// Endpoints still out at `now`; one whose time is over counts as back
     /// even before `refresh` runs.
     fn n_ejected(&self, now: Instant) -> usize {
-        self.until.iter().flatten().filter(|&&until| now < until).count()
+        self.until
+            .iter()
+            .flatten()
+            .filter(|&&until| now < until)
+            .count()
     }
 }
 

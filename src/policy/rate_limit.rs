@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::nanos_since;
+use super::{nanos_since, CacheAligned};
 
 /// A lock-free token bucket; see the module docs.
 ///
@@ -48,8 +48,10 @@ pub struct RateLimiter {
     interval: u64,
     /// `burst × T`: how far ahead of `now` the arrival time may run.
     tolerance: u64,
-    /// The theoretical arrival time, in nanoseconds since `base`.
-    tat: AtomicU64,
+    /// The theoretical arrival time, in nanoseconds since `base`. On its
+    /// own cache line: it is written by every admitted request, and must
+    /// not slow down readers of whatever sits next to the limiter.
+    tat: CacheAligned<AtomicU64>,
     rps: f64,
     burst: u32,
 }
@@ -78,7 +80,7 @@ impl RateLimiter {
             base: now,
             interval,
             tolerance,
-            tat: AtomicU64::new(0),
+            tat: CacheAligned(AtomicU64::new(0)),
             rps,
             burst,
         }

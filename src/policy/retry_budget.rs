@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{duration_nanos, nanos_since};
+use super::{duration_nanos, nanos_since, CacheAligned};
 
 /// Buckets the window is cut into.
 const BUCKETS: u64 = 10;
@@ -72,10 +72,11 @@ pub struct RetryBudget {
     /// Retries allowed per window regardless of traffic:
     /// `min_per_sec × window` in seconds.
     reserve: f64,
-    /// Original requests per bucket.
-    requests: [AtomicU64; SLOTS],
+    /// Original requests per bucket. Each ring on its own cache lines:
+    /// they are written by every request and retry.
+    requests: CacheAligned<[AtomicU64; SLOTS]>,
     /// Admitted retries per bucket.
-    retries: [AtomicU64; SLOTS],
+    retries: CacheAligned<[AtomicU64; SLOTS]>,
 }
 
 // === impl RetryBudget ===
@@ -91,8 +92,8 @@ impl RetryBudget {
             bucket_nanos: (duration_nanos(window) / BUCKETS).max(1),
             ratio,
             reserve: f64::from(min_per_sec) * window.as_secs_f64(),
-            requests: std::array::from_fn(|_| AtomicU64::new(0)),
-            retries: std::array::from_fn(|_| AtomicU64::new(0)),
+            requests: CacheAligned(std::array::from_fn(|_| AtomicU64::new(0))),
+            retries: CacheAligned(std::array::from_fn(|_| AtomicU64::new(0))),
         }
     }
 

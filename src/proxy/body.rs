@@ -21,6 +21,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Body {
     kind: Kind,
     completion: Option<Completion>,
+    /// A bulkhead slot held until the response is over: dropped with the
+    /// body, whether it ended, failed, or the client went away.
+    permit: Option<crate::policy::bulkhead::BulkheadPermit>,
 }
 
 enum Kind {
@@ -72,6 +75,7 @@ impl Body {
         Body {
             kind: Kind::Empty,
             completion: None,
+            permit: None,
         }
     }
 
@@ -86,6 +90,7 @@ impl Body {
         Body {
             kind,
             completion: None,
+            permit: None,
         }
     }
 
@@ -94,7 +99,14 @@ impl Body {
         Body {
             kind: Kind::Incoming(incoming),
             completion: None,
+            permit: None,
         }
+    }
+
+    /// Holds `permit` until this body is dropped.
+    pub fn with_permit(mut self, permit: crate::policy::bulkhead::BulkheadPermit) -> Self {
+        self.permit = Some(permit);
+        self
     }
 
     /// Attaches a completion to run when this body ends.

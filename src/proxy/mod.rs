@@ -20,12 +20,15 @@ pub mod forward;
 pub mod framing;
 pub mod guard;
 pub mod headers;
+pub mod health;
+pub mod layers;
 pub mod outcome;
 pub mod reject;
 pub mod route;
 pub mod service;
 pub mod snapshot;
 pub mod timeout;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,14 +2,17 @@
 //! nowhere else.
 //!
 //! Policies decide; this module maps a decision to a status, the
-//! `x-breakwater-reason` header, `retry-after` where waiting helps, and a
-//! small JSON body. Part 4 adds fallbacks and gRPC trailers-only replies at
-//! this one spot.
+//! `x-breakwater-reason` header, an honest `retry-after` where waiting
+//! helps, and a small JSON body. Part 4 adds fallbacks and gRPC
+//! trailers-only replies at this one spot.
+
+use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use super::body::Body;
+use super::outcome::UpstreamError;
 
 /// Header naming why breakwater answered itself.
 pub const REASON_HEADER: &str = "x-breakwater-reason";
@@ -19,6 +22,18 @@ pub const REASON_HEADER: &str = "x-breakwater-reason";
 pub enum Rejection {
     /// No route matched. 404.
     NoRoute,
+    /// The route's token bucket is empty. 429.
+    RateLimited {
+        /// Until a token is back.
+        retry_after: Duration,
+    },
+    /// The route's circuit breaker is open. 503.
+    BreakerOpen {
+        /// Until the breaker lets a probe through.
+        retry_after: Duration,
+    },
+    /// The bulkhead and its queue are full, or the queue wait ran out. 503.
+    Shed,
     /// The upstream refused or did not accept the connection. 502.
     UpstreamUnavailable,
     /// The upstream broke the connection mid-request. 502.
@@ -29,11 +44,45 @@ pub enum Rejection {
     Overload,
 }
 
+/// Why the route stack produced no upstream response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StackError {
+    /// A policy refused the request before the upstream was tried.
+    Rejected(Rejection),
+    /// The upstream was tried and failed.
+    Upstream(UpstreamError),
+}
+
+impl From<UpstreamError> for StackError {
+    fn from(error: UpstreamError) -> Self {
+        StackError::Upstream(error)
+    }
+}
+
+impl From<Rejection> for StackError {
+    fn from(rejection: Rejection) -> Self {
+        StackError::Rejected(rejection)
+    }
+}
+
+impl StackError {
+    /// The response-level rejection for this error.
+    pub fn rejection(self) -> Rejection {
+        match self {
+            StackError::Rejected(rejection) => rejection,
+            StackError::Upstream(error) => Rejection::from(error),
+        }
+    }
+}
+
 impl Rejection {
     /// Status code and `x-breakwater-reason` value.
     pub fn status_and_reason(self) -> (StatusCode, &'static str) {
         match self {
             Rejection::NoRoute => (StatusCode::NOT_FOUND, "no-route"),
+            Rejection::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
+            Rejection::BreakerOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "breaker-open"),
+            Rejection::Shed => (StatusCode::SERVICE_UNAVAILABLE, "shed"),
             Rejection::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "upstream-unavailable"),
             Rejection::UpstreamReset => (StatusCode::BAD_GATEWAY, "upstream-reset"),
             Rejection::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
@@ -41,10 +90,15 @@ impl Rejection {
         }
     }
 
-    /// Seconds a client should wait before trying again, when that helps.
+    /// Whole seconds a client should wait before trying again, rounded up
+    /// so that a client that honours it never comes back too early.
     fn retry_after(self) -> Option<u64> {
+        let seconds = |wait: Duration| wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         match self {
-            Rejection::Overload | Rejection::UpstreamUnavailable => Some(1),
+            Rejection::RateLimited { retry_after } | Rejection::BreakerOpen { retry_after } => {
+                Some(seconds(retry_after).max(1))
+            }
+            Rejection::Shed | Rejection::Overload | Rejection::UpstreamUnavailable => Some(1),
             _ => None,
         }
     }
@@ -68,13 +122,42 @@ impl Rejection {
     }
 }
 
-impl From<super::outcome::UpstreamError> for Rejection {
-    fn from(error: super::outcome::UpstreamError) -> Self {
-        use super::outcome::UpstreamError as E;
+impl From<UpstreamError> for Rejection {
+    fn from(error: UpstreamError) -> Self {
         match error {
-            E::Connect | E::ConnectTimeout => Rejection::UpstreamUnavailable,
-            E::Timeout => Rejection::Timeout,
-            E::Reset => Rejection::UpstreamReset,
+            UpstreamError::Connect | UpstreamError::ConnectTimeout => {
+                Rejection::UpstreamUnavailable
+            }
+            UpstreamError::Timeout => Rejection::Timeout,
+            UpstreamError::Reset => Rejection::UpstreamReset,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_rounded_up_and_at_least_one_second() {
+        let open = Rejection::BreakerOpen {
+            retry_after: Duration::from_millis(4200),
+        }
+        .into_response();
+        assert_eq!(open.status(), 503);
+        assert_eq!(open.headers()[RETRY_AFTER], "5");
+        assert_eq!(open.headers()[REASON_HEADER], "breaker-open");
+        let limited = Rejection::RateLimited {
+            retry_after: Duration::from_millis(3),
+        }
+        .into_response();
+        assert_eq!(limited.status(), 429);
+        assert_eq!(limited.headers()[RETRY_AFTER], "1");
+        assert_eq!(Rejection::Shed.into_response().headers()[RETRY_AFTER], "1");
+        assert!(Rejection::Timeout
+            .into_response()
+            .headers()
+            .get(RETRY_AFTER)
+            .is_none());
     }
 }

@@ -26,7 +26,7 @@ use tower::ServiceExt;
 use super::body::{Body, Completion, EndReason};
 use super::headers::{self, Downstream, REQUEST_ID};
 use super::outcome::Outcome;
-use super::reject::Rejection;
+use super::reject::{Rejection, StackError};
 use super::route::{self, RequestFacts};
 use crate::metrics::RouteMetrics;
 use crate::overload::Level;
@@ -205,8 +205,11 @@ async fn serve(
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
-            log.outcome = error.outcome();
-            return log.reject(Rejection::from(error));
+            log.outcome = match error {
+                StackError::Upstream(error) => error.outcome(),
+                StackError::Rejected(_) => Outcome::Rejected,
+            };
+            return log.reject(error.rejection());
         }
     };
     route.metrics.upstream_duration.observe(upstream_seconds);
@@ -231,8 +234,14 @@ async fn serve(
         .headers_mut()
         .insert(REQUEST_ID.clone(), request_id);
     log.status = status;
-    log.outcome = Outcome::of_status(status.as_u16());
-    response.map(|body| Body::incoming(body).with_completion(log.into_completion()))
+    log.outcome = if route.classifier.failure_statuses.contains(&status.as_u16()) {
+        Outcome::Http5xx
+    } else if upstream_seconds > route.classifier.slow_call_duration.as_secs_f64() {
+        Outcome::Slow
+    } else {
+        Outcome::Success
+    };
+    response.map(|body| body.with_completion(log.into_completion()))
 }
 
 pin_project_lite::pin_project! {

@@ -1,5 +1,6 @@
 //! The request timeout as a tower layer (SPEC §3.3): no response headers
-//! within `timeouts.request` → [`UpstreamError::Timeout`] → 504.
+//! within `timeouts.request` → [`UpstreamError::Timeout`] → 504. It wraps
+//! the upstream call, so it bounds all tries and backoffs together.
 //!
 //! The deadline covers connecting too: a request never waits longer than
 //! its route allows, whatever the upstream does. When it fires the inner
@@ -15,6 +16,7 @@ use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use super::outcome::UpstreamError;
+use super::reject::StackError;
 
 /// Applies a [`RequestTimeout`].
 #[derive(Debug, Clone, Copy)]
@@ -48,13 +50,13 @@ pub struct RequestTimeout<S> {
 
 impl<S, R> Service<R> for RequestTimeout<S>
 where
-    S: Service<R, Error = UpstreamError>,
+    S: Service<R, Error = StackError>,
 {
     type Response = S::Response;
-    type Error = UpstreamError;
+    type Error = StackError;
     type Future = TimeoutFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StackError>> {
         self.inner.poll_ready(cx)
     }
 
@@ -78,9 +80,9 @@ pin_project! {
 
 impl<F, T> Future for TimeoutFuture<F>
 where
-    F: Future<Output = Result<T, UpstreamError>>,
+    F: Future<Output = Result<T, StackError>>,
 {
-    type Output = Result<T, UpstreamError>;
+    type Output = Result<T, StackError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -88,7 +90,7 @@ where
             return Poll::Ready(result);
         }
         match this.sleep.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(UpstreamError::Timeout)),
+            Poll::Ready(()) => Poll::Ready(Err(StackError::Upstream(UpstreamError::Timeout))),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -104,7 +106,7 @@ mod tests {
     async fn slow_responses_time_out_and_fast_ones_pass() {
         let slow = service_fn(|delay: Duration| async move {
             tokio::time::sleep(delay).await;
-            Ok::<_, UpstreamError>("done")
+            Ok::<_, StackError>("done")
         });
         let service = RequestTimeoutLayer::new(Duration::from_secs(2)).layer(slow);
         assert_eq!(
@@ -113,7 +115,7 @@ mod tests {
         );
         assert_eq!(
             service.oneshot(Duration::from_secs(3)).await,
-            Err(UpstreamError::Timeout)
+            Err(StackError::Upstream(UpstreamError::Timeout))
         );
     }
 }

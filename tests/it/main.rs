@@ -9,6 +9,7 @@ mod admin;
 mod cli;
 mod hardening;
 mod lifecycle;
+mod policies;
 mod proxy;
 mod reload;
 mod support;

@@ -29,7 +29,10 @@ fn rates_only() -> BreakerConfig {
 }
 
 fn call(breaker: &Arc<Breaker>, outcome: CallResult, now: Instant) -> Option<Transition> {
-    breaker.try_acquire(now).expect("admitted").record(outcome, now)
+    breaker
+        .try_acquire(now)
+        .expect("admitted")
+        .record(outcome, now)
 }
 
 fn transition(from: BreakerState, to: BreakerState, reason: TripReason) -> Option<Transition> {
@@ -43,7 +46,11 @@ fn trip(breaker: &Arc<Breaker>, now: Instant) {
     }
     assert_eq!(
         call(breaker, CallResult::Failure, now),
-        transition(BreakerState::Closed, BreakerState::Open, TripReason::ConsecutiveFailures)
+        transition(
+            BreakerState::Closed,
+            BreakerState::Open,
+            TripReason::ConsecutiveFailures
+        )
     );
 }
 
@@ -106,7 +113,11 @@ fn consecutive_failures_trip_and_a_success_resets_the_count() {
     assert_eq!(breaker.snapshot(t0).consecutive_failures, 4);
     assert_eq!(
         call(&breaker, CallResult::Failure, t0),
-        transition(BreakerState::Closed, BreakerState::Open, TripReason::ConsecutiveFailures)
+        transition(
+            BreakerState::Closed,
+            BreakerState::Open,
+            TripReason::ConsecutiveFailures
+        )
     );
     let snapshot = breaker.snapshot(t0);
     assert_eq!(snapshot.state, BreakerState::Open);
@@ -123,7 +134,11 @@ fn failure_rate_waits_for_minimum_calls() {
     }
     assert_eq!(
         call(&breaker, CallResult::Failure, t0),
-        transition(BreakerState::Closed, BreakerState::Open, TripReason::FailureRate)
+        transition(
+            BreakerState::Closed,
+            BreakerState::Open,
+            TripReason::FailureRate
+        )
     );
 }
 
@@ -132,12 +147,20 @@ fn failure_rate_trips_at_exactly_the_threshold() {
     let (breaker, t0) = breaker(rates_only());
     // 9 failures in 19 calls, then the 20th call fails: 10/20 = 0.5.
     for i in 0..19 {
-        let outcome = if i % 2 == 0 { CallResult::Success } else { CallResult::Failure };
+        let outcome = if i % 2 == 0 {
+            CallResult::Success
+        } else {
+            CallResult::Failure
+        };
         assert_eq!(call(&breaker, outcome, t0), None);
     }
     assert_eq!(
         call(&breaker, CallResult::Failure, t0),
-        transition(BreakerState::Closed, BreakerState::Open, TripReason::FailureRate)
+        transition(
+            BreakerState::Closed,
+            BreakerState::Open,
+            TripReason::FailureRate
+        )
     );
 }
 
@@ -146,7 +169,11 @@ fn failure_rate_below_the_threshold_does_not_trip() {
     let (breaker, t0) = breaker(rates_only());
     // 9 failures in 20 calls: 0.45.
     for i in 0..20 {
-        let outcome = if i % 2 == 1 && i < 19 { CallResult::Failure } else { CallResult::Success };
+        let outcome = if i % 2 == 1 && i < 19 {
+            CallResult::Failure
+        } else {
+            CallResult::Success
+        };
         assert_eq!(call(&breaker, outcome, t0), None);
     }
     assert_eq!(breaker.snapshot(t0).window.failures, 9);
@@ -159,12 +186,20 @@ fn a_success_that_reaches_minimum_calls_can_trip_on_the_rate() {
     // Runs of four failures and a success never reach 5 in a row; the 20th
     // call (a success) fills minimum_calls with 16/20 failures.
     for i in 1..20 {
-        let outcome = if i % 5 == 0 { CallResult::Success } else { CallResult::Failure };
+        let outcome = if i % 5 == 0 {
+            CallResult::Success
+        } else {
+            CallResult::Failure
+        };
         assert_eq!(call(&breaker, outcome, t0), None);
     }
     assert_eq!(
         call(&breaker, CallResult::Success, t0),
-        transition(BreakerState::Closed, BreakerState::Open, TripReason::FailureRate)
+        transition(
+            BreakerState::Closed,
+            BreakerState::Open,
+            TripReason::FailureRate
+        )
     );
 }
 
@@ -183,12 +218,20 @@ fn slow_call_rate_trips_only_when_set() {
     });
     // 15 slow of 19, then one more slow: 16/20 = 0.8.
     for i in 0..19 {
-        let outcome = if i < 4 { CallResult::Success } else { CallResult::Slow };
+        let outcome = if i < 4 {
+            CallResult::Success
+        } else {
+            CallResult::Slow
+        };
         assert_eq!(call(&breaker, outcome, t0), None);
     }
     assert_eq!(
         call(&breaker, CallResult::Slow, t0),
-        transition(BreakerState::Closed, BreakerState::Open, TripReason::SlowCallRate)
+        transition(
+            BreakerState::Closed,
+            BreakerState::Open,
+            TripReason::SlowCallRate
+        )
     );
 }
 
@@ -207,7 +250,9 @@ fn open_refuses_with_the_time_until_half_open() {
     assert_eq!(rejected.retry_after, ms(3_500));
     assert_eq!(rejected.state, BreakerState::Open);
     assert_eq!(rejected.transition, None);
-    let rejected = breaker.try_acquire(t0 + secs(5) - Duration::from_nanos(1)).unwrap_err();
+    let rejected = breaker
+        .try_acquire(t0 + secs(5) - Duration::from_nanos(1))
+        .unwrap_err();
     assert_eq!(rejected.retry_after, Duration::from_nanos(1));
 }
 
@@ -226,7 +271,11 @@ fn open_goes_half_open_lazily_and_reports_it_on_the_ticket() {
     assert!(probe.is_probe());
     assert_eq!(
         probe.transition(),
-        transition(BreakerState::Open, BreakerState::HalfOpen, TripReason::OpenElapsed)
+        transition(
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+            TripReason::OpenElapsed
+        )
     );
     assert_eq!(breaker.state(), BreakerState::HalfOpen);
     let second = breaker.try_acquire(t1).unwrap();
@@ -241,7 +290,11 @@ fn advance_applies_a_due_half_open() {
     assert_eq!(breaker.advance(t0 + ms(4_999)), None);
     assert_eq!(
         breaker.advance(t0 + secs(5)),
-        transition(BreakerState::Open, BreakerState::HalfOpen, TripReason::OpenElapsed)
+        transition(
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+            TripReason::OpenElapsed
+        )
     );
     assert_eq!(breaker.advance(t0 + secs(6)), None);
     assert_eq!(breaker.snapshot(t0 + secs(6)).state, BreakerState::HalfOpen);
@@ -282,7 +335,11 @@ fn probe_successes_close_and_clear_the_window() {
     assert_eq!(breaker.snapshot(t1).half_open_successes, 2);
     assert_eq!(
         call(&breaker, CallResult::Success, t1),
-        transition(BreakerState::HalfOpen, BreakerState::Closed, TripReason::ProbesSucceeded)
+        transition(
+            BreakerState::HalfOpen,
+            BreakerState::Closed,
+            TripReason::ProbesSucceeded
+        )
     );
     let snapshot = breaker.snapshot(t1);
     assert_eq!(snapshot.window, WindowTotals::default());
@@ -300,7 +357,11 @@ fn a_slow_probe_fails_when_the_slow_trigger_is_on() {
     trip(&breaker, t0);
     assert_eq!(
         call(&breaker, CallResult::Slow, t0 + secs(5)),
-        transition(BreakerState::HalfOpen, BreakerState::Open, TripReason::ProbeFailed)
+        transition(
+            BreakerState::HalfOpen,
+            BreakerState::Open,
+            TripReason::ProbeFailed
+        )
     );
 }
 
@@ -314,13 +375,23 @@ fn probe_failures_back_off_up_to_the_cap_and_a_full_close_resets_it() {
         now += expected;
         assert_eq!(
             call(&breaker, CallResult::Failure, now),
-            transition(BreakerState::HalfOpen, BreakerState::Open, TripReason::ProbeFailed)
+            transition(
+                BreakerState::HalfOpen,
+                BreakerState::Open,
+                TripReason::ProbeFailed
+            )
         );
         expected = secs(next);
         let snapshot = breaker.snapshot(now);
         assert_eq!(snapshot.current_open_duration, expected);
         assert_eq!(snapshot.open_remaining, Some(expected));
-        assert_eq!(breaker.try_acquire(now + expected - ms(1)).unwrap_err().retry_after, ms(1));
+        assert_eq!(
+            breaker
+                .try_acquire(now + expected - ms(1))
+                .unwrap_err()
+                .retry_after,
+            ms(1)
+        );
     }
     assert_eq!(breaker.snapshot(now).n_trips, 6);
     now += expected;
@@ -341,7 +412,10 @@ fn backoff_below_one_is_clamped() {
     });
     trip(&breaker, t0);
     call(&breaker, CallResult::Failure, t0 + secs(5));
-    assert_eq!(breaker.snapshot(t0 + secs(5)).current_open_duration, secs(5));
+    assert_eq!(
+        breaker.snapshot(t0 + secs(5)).current_open_duration,
+        secs(5)
+    );
 }
 
 #[test]
@@ -399,7 +473,11 @@ fn a_probe_outliving_its_half_open_keeps_its_slot_but_decides_nothing() {
     let probe = breaker.try_acquire(t2).unwrap();
     assert_eq!(
         probe.transition(),
-        transition(BreakerState::Open, BreakerState::HalfOpen, TripReason::OpenElapsed)
+        transition(
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+            TripReason::OpenElapsed
+        )
     );
     assert!(breaker.try_acquire(t2).is_err());
     // The old probe's failure does not re-open the new half-open.
@@ -426,7 +504,11 @@ fn a_refusal_can_carry_the_half_open_transition() {
     let rejected = breaker.try_acquire(t1 + secs(5)).unwrap_err();
     assert_eq!(
         rejected.transition,
-        transition(BreakerState::Open, BreakerState::HalfOpen, TripReason::OpenElapsed)
+        transition(
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+            TripReason::OpenElapsed
+        )
     );
     assert_eq!(rejected.state, BreakerState::HalfOpen);
     drop(lingering);
@@ -448,7 +530,11 @@ fn forced_open_refuses_until_reset() {
     let (breaker, t0) = breaker(BreakerConfig::default());
     assert_eq!(
         breaker.force(Force::Open, t0),
-        transition(BreakerState::Closed, BreakerState::ForcedOpen, TripReason::Forced)
+        transition(
+            BreakerState::Closed,
+            BreakerState::ForcedOpen,
+            TripReason::Forced
+        )
     );
     assert_eq!(breaker.force(Force::Open, t0), None);
     let later = t0 + secs(3600);
@@ -459,7 +545,11 @@ fn forced_open_refuses_until_reset() {
     assert_eq!(breaker.snapshot(later).state, BreakerState::ForcedOpen);
     assert_eq!(
         breaker.force(Force::Reset, later),
-        transition(BreakerState::ForcedOpen, BreakerState::Closed, TripReason::Reset)
+        transition(
+            BreakerState::ForcedOpen,
+            BreakerState::Closed,
+            TripReason::Reset
+        )
     );
     assert!(breaker.try_acquire(later).is_ok());
 }
@@ -470,7 +560,11 @@ fn forced_closed_admits_everything_and_counts_nothing() {
     trip(&breaker, t0);
     assert_eq!(
         breaker.force(Force::Closed, t0),
-        transition(BreakerState::Open, BreakerState::ForcedClosed, TripReason::Forced)
+        transition(
+            BreakerState::Open,
+            BreakerState::ForcedClosed,
+            TripReason::Forced
+        )
     );
     for _ in 0..50 {
         assert_eq!(call(&breaker, CallResult::Failure, t0), None);
@@ -479,7 +573,11 @@ fn forced_closed_admits_everything_and_counts_nothing() {
     assert_eq!(snapshot.state, BreakerState::ForcedClosed);
     assert_eq!(
         breaker.force(Force::Open, t0),
-        transition(BreakerState::ForcedClosed, BreakerState::ForcedOpen, TripReason::Forced)
+        transition(
+            BreakerState::ForcedClosed,
+            BreakerState::ForcedOpen,
+            TripReason::Forced
+        )
     );
 }
 
@@ -522,7 +620,11 @@ fn reset_from_half_open_closes() {
     let probe = breaker.try_acquire(t0 + secs(5)).unwrap();
     assert_eq!(
         breaker.force(Force::Reset, t0 + secs(5)),
-        transition(BreakerState::HalfOpen, BreakerState::Closed, TripReason::Reset)
+        transition(
+            BreakerState::HalfOpen,
+            BreakerState::Closed,
+            TripReason::Reset
+        )
     );
     assert_eq!(probe.record(CallResult::Failure, t0 + secs(5)), None);
     assert_eq!(breaker.state(), BreakerState::Closed);
@@ -556,7 +658,11 @@ fn zero_probe_settings_are_clamped_so_the_breaker_cannot_wedge() {
     trip(&breaker, t0);
     assert_eq!(
         call(&breaker, CallResult::Success, t0 + secs(5)),
-        transition(BreakerState::HalfOpen, BreakerState::Closed, TripReason::ProbesSucceeded)
+        transition(
+            BreakerState::HalfOpen,
+            BreakerState::Closed,
+            TripReason::ProbesSucceeded
+        )
     );
 }
 

@@ -9,7 +9,12 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-fn fail_times(detector: &OutlierDetector, endpoint: usize, n: u32, now: Instant) -> Option<Ejection> {
+fn fail_times(
+    detector: &OutlierDetector,
+    endpoint: usize,
+    n: u32,
+    now: Instant,
+) -> Option<Ejection> {
     let mut ejection = None;
     for _ in 0..n {
         assert_eq!(ejection, None, "ejected before the last failure");

@@ -34,7 +34,10 @@ fn count_window_keeps_the_last_n_outcomes() {
     window.record(true, false, t0);
     assert_eq!(window.totals(t0), totals(3, 1, 0));
     // Time plays no part in a count window.
-    assert_eq!(window.totals(t0 + Duration::from_secs(3600)), totals(3, 1, 0));
+    assert_eq!(
+        window.totals(t0 + Duration::from_secs(3600)),
+        totals(3, 1, 0)
+    );
 }
 
 #[test]
@@ -128,7 +131,10 @@ fn tiny_time_window_still_works() {
     let mut window = Window::new(WindowConfig::Time(Duration::ZERO), t0);
     window.record(true, false, t0);
     assert_eq!(window.totals(t0), totals(1, 1, 0));
-    assert_eq!(window.totals(t0 + Duration::from_nanos(10)), totals(0, 0, 0));
+    assert_eq!(
+        window.totals(t0 + Duration::from_nanos(10)),
+        totals(0, 0, 0)
+    );
 }
 
 #[test]

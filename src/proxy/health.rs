@@ -1,0 +1,122 @@
+//! Active health checks (the upstream's `health_check:`): HTTP, TCP or an
+//! exec command, per endpoint, every `interval`.
+//!
+//! Each endpoint gets one task. It probes, feeds the result to a
+//! `policy::health::HealthTracker` (thresholds, no I/O), and on a change
+//! flips the endpoint's `healthy` flag, which [`UpstreamPool::pick`] reads.
+//! Tasks hold only a `Weak` reference to their pool: when a reload
+//! replaces the pool, its checks stop by themselves.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use prometheus::IntCounterVec;
+use tokio::process::Command;
+
+use super::forward::UpstreamPool;
+use crate::config::policy::{HealthCheck, Probe};
+use crate::events::{self, Severity};
+use crate::policy::health::{HealthChange, HealthTracker};
+
+/// Starts the checks of `pool`, if it has a `health_check` and a runtime
+/// is running.
+pub fn spawn(pool: &Arc<UpstreamPool>, events_total: &IntCounterVec) {
+    let Some(check) = pool.config.health_check.clone() else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for index in 0..pool.endpoints().len() {
+        runtime.spawn(check_endpoint(
+            Arc::downgrade(pool),
+            index,
+            check.clone(),
+            events_total.clone(),
+        ));
+    }
+}
+
+async fn check_endpoint(
+    pool: Weak<UpstreamPool>,
+    index: usize,
+    check: HealthCheck,
+    events_total: IntCounterVec,
+) {
+    let mut tracker = HealthTracker::new(check.unhealthy_threshold, check.healthy_threshold);
+    let mut ticks = tokio::time::interval(check.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let passed = probe(&pool, index, &check).await;
+        let Some(endpoint) = pool.endpoints().get(index) else {
+            return;
+        };
+        if let Some(change) = tracker.record(passed) {
+            let healthy = change == HealthChange::BecameHealthy;
+            endpoint.healthy.store(healthy, Ordering::Relaxed);
+            events::emit(
+                &events_total,
+                "health",
+                endpoint.authority.as_str(),
+                if healthy {
+                    Severity::Info
+                } else {
+                    Severity::Warning
+                },
+                &format!(
+                    "upstream {}: {}",
+                    pool.config.name,
+                    if healthy { "healthy" } else { "unhealthy" }
+                ),
+            );
+        }
+    }
+}
+
+/// One probe within `check.timeout`; true when it passed.
+async fn probe(pool: &UpstreamPool, index: usize, check: &HealthCheck) -> bool {
+    let Some(endpoint) = pool.endpoints().get(index) else {
+        return false;
+    };
+    let within = |future| tokio::time::timeout(check.timeout, future);
+    match &check.probe {
+        Probe::Http {
+            path,
+            expect_status,
+        } => match within_http(check.timeout, pool.probe(index, path)).await {
+            Some(status) => expect_status.contains(&status),
+            None => false,
+        },
+        Probe::Tcp {} => {
+            matches!(
+                within(tokio::net::TcpStream::connect(endpoint.authority.as_str())).await,
+                Ok(Ok(_))
+            )
+        }
+        Probe::Exec(command) => {
+            let Some((program, args)) = command.split_first() else {
+                return false;
+            };
+            let args = args
+                .iter()
+                .map(|arg| arg.replace("{endpoint}", endpoint.authority.as_str()));
+            let mut child = Command::new(program);
+            child
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true);
+            matches!(tokio::time::timeout(check.timeout, child.status()).await, Ok(Ok(status)) if status.success())
+        }
+    }
+}
+
+async fn within_http(limit: Duration, sent: super::forward::ForwardFuture) -> Option<u16> {
+    match tokio::time::timeout(limit, sent).await {
+        Ok(Ok(response)) => Some(response.status().as_u16()),
+        _ => None,
+    }
+}
