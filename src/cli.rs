@@ -54,7 +54,8 @@ pub struct RunArgs {
     /// Worker threads (default: CPUs available to the process).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Command to supervise as the upstream process (needs the supervisor, part 3).
+    /// Command to supervise as the upstream process (`-- CMD ARGS…`);
+    /// replaces `supervisor.process`.
     #[arg(last = true)]
     pub command: Vec<String>,
 }

@@ -29,5 +29,6 @@ pub mod reload;
 pub mod run;
 pub mod sim;
 pub mod state;
+pub mod supervisor;
 pub mod telemetry;
 pub mod units;

@@ -51,18 +51,12 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    if !args.command.is_empty() {
-        anyhow::bail!(
-            "supervising a command (`run -- {}`) needs the embedded supervisor, which this build does not have yet; \
-             start the service yourself and point --upstream at it",
-            args.command.join(" ")
-        );
-    }
     let overrides = Overrides {
         listen: args.listen,
         upstream: args.upstream,
         admin: args.admin,
         threads: args.threads,
+        command: args.command,
     };
     let (loaded, source) = match &args.config {
         Some(path) => (

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub retry_budget_exhausted: IntCounter,
     /// `breakwater_endpoint_healthy{upstream,endpoint}`: 1 when taking traffic.
     pub endpoint_healthy: IntGaugeVec,
+    /// `breakwater_supervisor_restarts_total{reason}` (`exit`, `signal`).
+    pub supervisor_restarts: IntCounterVec,
 }
 
 /// Handles for one route, resolved when a snapshot is built.
@@ -199,6 +201,11 @@ impl Metrics {
             .namespace("breakwater"),
         )?;
         registry.register(Box::new(retry_budget_exhausted.clone()))?;
+        let supervisor_restarts = counter(
+            "supervisor_restarts_total",
+            "Restarts of the supervised process, by reason (exit, signal).",
+            &["reason"],
+        )?;
         let endpoint_healthy = gauge(
             "endpoint_healthy",
             "1 when an endpoint takes traffic (healthy and not ejected).",
@@ -215,6 +222,7 @@ impl Metrics {
             retries_total,
             retry_budget_exhausted,
             endpoint_healthy,
+            supervisor_restarts,
             registry,
             requests_total,
             request_duration,

@@ -74,6 +74,10 @@ pub async fn start(
         .collect();
     crate::reload::spawn_triggers(state.clone()).map_err(RunError::Signal)?;
     crate::overload::spawn(state.clone());
+    if let Some(supervisor) = crate::supervisor::Supervisor::spawn(&state, &state.snapshot().config)
+    {
+        let _ = state.supervisor.set(supervisor);
+    }
     let config = state.snapshot().config.clone();
     for listener in &config.listeners {
         tracing::info!(listener = %listener.name, address = %listener.listen, routes = listener.routes.len(), "Listening.");
@@ -122,6 +126,11 @@ impl Running {
                 ?timeout,
                 "Drain timeout reached; closing the remaining connections."
             ),
+        }
+        // The child goes last: every request that reached it has finished.
+        if let Some(supervisor) = state.supervisor.get() {
+            supervisor.stop().await;
+            tracing::info!("Supervised process stopped.");
         }
     }
 }

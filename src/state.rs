@@ -36,6 +36,8 @@ pub struct State {
     pub overrides: Overrides,
     /// Set once SIGTERM/SIGINT arrived: `/readyz` answers 503.
     pub draining: AtomicBool,
+    /// The embedded supervisor, when a process is supervised.
+    pub supervisor: std::sync::OnceLock<Arc<crate::supervisor::Supervisor>>,
     /// The overload ladder's current level.
     pub overload: crate::overload::OverloadState,
     /// Requests currently being served, all listeners.
@@ -69,6 +71,7 @@ impl State {
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             overload: crate::overload::OverloadState::default(),
+            supervisor: std::sync::OnceLock::new(),
             started: Instant::now(),
             shutdown,
             reload_lock: tokio::sync::Mutex::new(()),

@@ -301,6 +301,15 @@ fn readyz(state: &State) -> Response<Body> {
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"ready": false, "reason": "draining"}),
         )
+    } else if state
+        .supervisor
+        .get()
+        .is_some_and(|s| !s.ready.load(Ordering::Acquire))
+    {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"ready": false, "reason": "starting"}),
+        )
     } else {
         json_response(StatusCode::OK, &json!({"ready": true}))
     }
@@ -386,6 +395,7 @@ fn status(state: &State) -> Value {
         "in_flight": state.in_flight.load(Ordering::Relaxed),
         "listeners": listeners,
         "upstreams": upstreams,
+        "supervisor": state.supervisor.get().map(|supervisor| supervisor.status()),
     })
 }
 

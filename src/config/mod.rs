@@ -11,6 +11,7 @@
 mod decode;
 mod model;
 pub mod policy;
+mod supervisor;
 mod validate;
 pub mod yaml;
 
@@ -35,6 +36,8 @@ pub struct Overrides {
     pub admin: Option<SocketAddr>,
     /// `--threads`: worker threads.
     pub threads: Option<usize>,
+    /// `-- CMD ARGS…`: the process to supervise (replaces `supervisor.process`).
+    pub command: Vec<String>,
 }
 
 /// Why a config was refused: every issue found, and where the text came from.
@@ -151,6 +154,9 @@ fn apply_overrides(config: &mut Config, overrides: &Overrides, cx: &mut Cx) {
     }
     if let Some(threads) = overrides.threads {
         config.runtime.threads = Some(threads);
+    }
+    if let Some(process) = Process::from_command(&overrides.command) {
+        config.supervisor.process = Some(process);
     }
 }
 

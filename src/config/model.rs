@@ -358,14 +358,7 @@ pub enum Protocol {
     Auto,
 }
 
-/// `supervisor:` — this build has no supervised process yet; only the drain
-/// time applies.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Supervisor {
-    /// On SIGTERM/SIGINT, how long in-flight requests have to finish.
-    #[serde(serialize_with = "ser_duration")]
-    pub drain_timeout: Duration,
-}
+pub use super::supervisor::{CrashLoop, Process, RestartBackoff, Supervisor};
 
 // === impl Decode ===
 
@@ -407,26 +400,7 @@ impl Decode for Config {
             decode_list(cx, node, |cx, node| decode_listener(cx, node, &limits))
         });
         let upstreams: Option<Vec<Upstream>> = fields.req(cx, "upstreams");
-        let supervisor = fields.opt_with(cx, "supervisor", |cx, node| {
-            let mut fields = Fields::new(cx, node)?;
-            let drain_timeout = fields.or(cx, "drain_timeout", Duration::from_secs(20));
-            const LATER: &[&str] = &[
-                "upstream",
-                "process",
-                "startup_timeout",
-                "triggers",
-                "recovery",
-                "failback",
-                "dependencies",
-                "hold",
-                "on_exit",
-                "watchdog",
-                "rollback",
-            ];
-            fields
-                .finish(cx, &["drain_timeout"], LATER)
-                .then_some(Supervisor { drain_timeout })
-        });
+        let supervisor: Option<Supervisor> = fields.opt(cx, "supervisor");
         let overload = fields.opt_with(cx, "overload", |cx, node| {
             let mut fields = Fields::new(cx, node)?;
             let memory = fields.or(cx, "memory", ByteSize(256 << 20));
@@ -447,9 +421,7 @@ impl Decode for Config {
             limits,
             listeners: listeners?,
             upstreams: upstreams?,
-            supervisor: supervisor.unwrap_or(Supervisor {
-                drain_timeout: Duration::from_secs(20),
-            }),
+            supervisor: supervisor.unwrap_or_default(),
             overload: overload.unwrap_or(Overload {
                 memory: ByteSize(256 << 20),
             }),

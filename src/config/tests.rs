@@ -146,6 +146,7 @@ fn overrides_apply() {
         upstream: Some("127.0.0.1:7777".to_owned()),
         admin: Some("127.0.0.1:9998".parse().unwrap()),
         threads: Some(2),
+        command: vec![],
     };
     let config = load_str(MINIMAL, "t", &overrides).unwrap();
     assert_eq!(config.listeners[0].listen.port(), 9999);

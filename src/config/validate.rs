@@ -75,6 +75,22 @@ pub fn validate(config: &Config, tree: &Node, cx: &mut Cx) {
         }
     }
 
+    if let Some(name) = &config.supervisor.upstream {
+        if !upstream_names.contains(name.as_str()) {
+            cx.error_at(
+                "supervisor.upstream",
+                line("supervisor.upstream"),
+                format!("no upstream named {name:?}"),
+            );
+        }
+    } else if config.supervisor.process.is_some() && config.upstreams.len() != 1 {
+        cx.error_at(
+            "supervisor.upstream",
+            line("supervisor.process"),
+            "with several upstreams, name the one the process serves",
+        );
+    }
+
     if !config.admin.listen.ip().is_loopback() && config.admin.token.is_none() {
         cx.error_at(
             "admin.listen",

@@ -42,6 +42,8 @@ pub enum Rejection {
     Timeout,
     /// breakwater's own memory is past the shed watermark. 503.
     Overload,
+    /// The supervised process is starting or restarting. 503.
+    Starting,
 }
 
 /// Why the route stack produced no upstream response.
@@ -87,6 +89,7 @@ impl Rejection {
             Rejection::UpstreamReset => (StatusCode::BAD_GATEWAY, "upstream-reset"),
             Rejection::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Rejection::Overload => (StatusCode::SERVICE_UNAVAILABLE, "overload"),
+            Rejection::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
         }
     }
 
@@ -98,7 +101,10 @@ impl Rejection {
             Rejection::RateLimited { retry_after } | Rejection::BreakerOpen { retry_after } => {
                 Some(seconds(retry_after).max(1))
             }
-            Rejection::Shed | Rejection::Overload | Rejection::UpstreamUnavailable => Some(1),
+            Rejection::Shed
+            | Rejection::Overload
+            | Rejection::Starting
+            | Rejection::UpstreamUnavailable => Some(1),
             _ => None,
         }
     }

@@ -156,6 +156,11 @@ async fn serve(
     if context.state.overload.level() == Level::Shed {
         return log.reject(Rejection::Overload);
     }
+    if let Some(supervisor) = context.state.supervisor.get() {
+        if !supervisor.ready.load(std::sync::atomic::Ordering::Acquire) {
+            return log.reject(Rejection::Starting);
+        }
+    }
 
     let listener = snapshot.listener(&context.listener);
     let chosen = listener.and_then(|listener| {

@@ -235,16 +235,6 @@ async fn run_on_the_embedded_default_with_flags() {
 }
 
 #[test]
-fn run_with_a_command_explains_the_supervisor_is_not_here_yet() {
-    let output = Command::new(bin())
-        .args(["run", "--", "sleep", "1"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("supervisor"));
-}
-
-#[test]
 fn every_subcommand_has_help() {
     for args in [
         vec!["--help"],

@@ -12,4 +12,5 @@ mod lifecycle;
 mod policies;
 mod proxy;
 mod reload;
+mod supervisor;
 mod support;

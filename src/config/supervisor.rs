@@ -1,0 +1,296 @@
+//! `supervisor:` config (SPEC §5): the process breakwater runs as its
+//! upstream, how it restarts it, and how it starts and stops.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::decode::{one_of, parse_with, Cx, Decode, Fields};
+use super::yaml::{Node, Value};
+use crate::supervisor::restart::RestartPolicy;
+
+fn ser_duration<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&crate::units::format_duration(*duration))
+}
+
+/// `supervisor:`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Supervisor {
+    /// On SIGTERM/SIGINT, how long in-flight requests have to finish
+    /// before the child is stopped. Default 20s.
+    #[serde(serialize_with = "ser_duration")]
+    pub drain_timeout: Duration,
+    /// The upstream the process serves; defaults to the only upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// The process to run, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// Longest wait for the process to become ready after a (re)start.
+    /// Default 60s.
+    #[serde(serialize_with = "ser_duration")]
+    pub startup_timeout: Duration,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Supervisor {
+            drain_timeout: Duration::from_secs(20),
+            upstream: None,
+            process: None,
+            startup_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `supervisor.process:`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Process {
+    /// Program to run.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables, in file order.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser_env")]
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// `always`, `on-failure` (default) or `never`.
+    pub restart: RestartPolicy,
+    /// Signal that asks it to stop. Default SIGTERM.
+    pub stop_signal: String,
+    /// Time between the stop signal and SIGKILL. Default 10s.
+    #[serde(serialize_with = "ser_duration")]
+    pub stop_grace: Duration,
+    /// Delay between restarts.
+    pub backoff: RestartBackoff,
+    /// When restarting is a crash loop.
+    pub crash_loop: CrashLoop,
+}
+
+fn ser_env<S: serde::Serializer>(
+    env: &[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(env.len()))?;
+    for (key, value) in env {
+        map.serialize_entry(key, value)?;
+    }
+    map.end()
+}
+
+/// `supervisor.process.backoff:`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RestartBackoff {
+    /// First delay. Default 250ms.
+    #[serde(serialize_with = "ser_duration")]
+    pub initial: Duration,
+    /// Longest delay. Default 30s.
+    #[serde(serialize_with = "ser_duration")]
+    pub max: Duration,
+    /// Growth per restart. Default 2.
+    pub multiplier: f64,
+    /// ± fraction of randomness. Default 0.2.
+    pub jitter: f64,
+}
+
+/// `supervisor.process.crash_loop:`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CrashLoop {
+    /// Restarts within `window` that stop the restarting. Default 5.
+    pub max_restarts: u32,
+    /// Default 60s.
+    #[serde(serialize_with = "ser_duration")]
+    pub window: Duration,
+}
+
+impl Process {
+    /// A process with every default, for `run -- CMD ARGS`.
+    pub fn from_command(command: &[String]) -> Option<Process> {
+        let (program, args) = command.split_first()?;
+        Some(Process {
+            command: program.clone(),
+            args: args.to_vec(),
+            env: Vec::new(),
+            cwd: None,
+            restart: RestartPolicy::OnFailure,
+            stop_signal: "SIGTERM".to_owned(),
+            stop_grace: Duration::from_secs(10),
+            backoff: RestartBackoff {
+                initial: Duration::from_millis(250),
+                max: Duration::from_secs(30),
+                multiplier: 2.0,
+                jitter: 0.2,
+            },
+            crash_loop: CrashLoop {
+                max_restarts: 5,
+                window: Duration::from_secs(60),
+            },
+        })
+    }
+}
+
+const LATER: &[&str] = &[
+    "triggers",
+    "recovery",
+    "failback",
+    "dependencies",
+    "hold",
+    "on_exit",
+    "watchdog",
+    "rollback",
+];
+
+impl Decode for Supervisor {
+    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
+        let mut fields = Fields::new(cx, node)?;
+        let d = Supervisor::default();
+        let drain_timeout = fields.or(cx, "drain_timeout", d.drain_timeout);
+        let upstream = fields.opt(cx, "upstream");
+        let process = fields.opt(cx, "process");
+        let startup_timeout: Duration = fields.or(cx, "startup_timeout", d.startup_timeout);
+        if startup_timeout.is_zero() {
+            cx.error_at(
+                "startup_timeout",
+                fields.key_line("startup_timeout"),
+                "must be greater than 0",
+            );
+        }
+        fields
+            .finish(
+                cx,
+                &["drain_timeout", "upstream", "process", "startup_timeout"],
+                LATER,
+            )
+            .then_some(Supervisor {
+                drain_timeout,
+                upstream,
+                process,
+                startup_timeout,
+            })
+    }
+}
+
+impl Decode for Process {
+    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
+        let mut fields = Fields::new(cx, node)?;
+        let command: Option<String> = fields.req(cx, "command");
+        if command.as_deref() == Some("") {
+            cx.error_at("command", fields.key_line("command"), "must not be empty");
+        }
+        let defaults = Process::from_command(&["x".to_owned()])?;
+        let args = fields.opt(cx, "args").unwrap_or_default();
+        let env = fields
+            .opt_with(cx, "env", |cx, node| {
+                let Value::Map(entries) = &node.value else {
+                    cx.expected(node, "a mapping of variable name to value");
+                    return None;
+                };
+                let mut env = Vec::new();
+                for (key, value) in entries {
+                    let (Some(key), Some(value)) =
+                        (String::decode(cx, key), String::decode(cx, value))
+                    else {
+                        continue;
+                    };
+                    env.push((key, value));
+                }
+                Some(env)
+            })
+            .unwrap_or_default();
+        let cwd = fields.opt(cx, "cwd");
+        let restart = fields
+            .opt_with(cx, "restart", |cx, node| {
+                one_of(
+                    cx,
+                    node,
+                    &[
+                        ("always", RestartPolicy::Always),
+                        ("on-failure", RestartPolicy::OnFailure),
+                        ("never", RestartPolicy::Never),
+                    ],
+                )
+            })
+            .unwrap_or(defaults.restart);
+        let stop_signal = fields
+            .opt_with(cx, "stop_signal", |cx, node| {
+                parse_with(cx, node, "a signal like SIGTERM", |text| {
+                    crate::supervisor::process::parse_signal(text).map(|_| text.to_owned())
+                })
+            })
+            .unwrap_or(defaults.stop_signal);
+        let stop_grace = fields.or(cx, "stop_grace", defaults.stop_grace);
+        let backoff = fields
+            .opt_with(cx, "backoff", |cx, node| {
+                let mut fields = Fields::new(cx, node)?;
+                let d = &defaults.backoff;
+                let initial: Duration = fields.or(cx, "initial", d.initial);
+                let max: Duration = fields.or(cx, "max", d.max.max(initial));
+                let multiplier: f64 = fields.or(cx, "multiplier", d.multiplier);
+                let jitter: f64 = fields.or(cx, "jitter", d.jitter);
+                if max < initial || multiplier < 1.0 || !(0.0..=1.0).contains(&jitter) {
+                    cx.error(
+                        node.line,
+                        "needs initial ≤ max, multiplier ≥ 1 and jitter between 0 and 1",
+                    );
+                }
+                fields
+                    .finish(cx, &["initial", "max", "multiplier", "jitter"], &[])
+                    .then_some(RestartBackoff {
+                        initial,
+                        max,
+                        multiplier,
+                        jitter,
+                    })
+            })
+            .unwrap_or(defaults.backoff);
+        let crash_loop = fields
+            .opt_with(cx, "crash_loop", |cx, node| {
+                let mut fields = Fields::new(cx, node)?;
+                let max_restarts: u32 = fields.or(cx, "max_restarts", 5);
+                let window: Duration = fields.or(cx, "window", Duration::from_secs(60));
+                if max_restarts == 0 || window.is_zero() {
+                    cx.error(node.line, "max_restarts and window must be above 0");
+                }
+                fields
+                    .finish(cx, &["max_restarts", "window"], &[])
+                    .then_some(CrashLoop {
+                        max_restarts,
+                        window,
+                    })
+            })
+            .unwrap_or(defaults.crash_loop);
+        let complete = fields.finish(
+            cx,
+            &[
+                "command",
+                "args",
+                "env",
+                "cwd",
+                "restart",
+                "stop_signal",
+                "stop_grace",
+                "backoff",
+                "crash_loop",
+            ],
+            &["memory_limit", "log_patterns"],
+        );
+        let process = Process {
+            command: command?,
+            args,
+            env,
+            cwd,
+            restart,
+            stop_signal,
+            stop_grace,
+            backoff,
+            crash_loop,
+        };
+        complete.then_some(process)
+    }
+}

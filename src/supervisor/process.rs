@@ -1,0 +1,244 @@
+//! Spawning, watching and stopping the supervised process: the I/O half of
+//! the supervisor.
+//!
+//! The child runs in its own process group (so a stop signal reaches its
+//! children too) and gets `PR_SET_PDEATHSIG(SIGKILL)`: if breakwater dies —
+//! even by SIGKILL — the kernel kills the child, so it never outlives the
+//! proxy. Its stdout and stderr are forwarded line by line into
+//! breakwater's log, tagged with the process name, each line capped at
+//! [`MAX_LINE`] bytes. Its exit is seen at once through tokio's child
+//! handle (a SIGCHLD-driven wait, no polling).
+#![allow(unsafe_code)] // Only `pre_exec`, for prctl; see the SAFETY note.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+use super::restart::Exit;
+
+/// Longest child log line forwarded; the rest of a longer line is dropped.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// What to run (`supervisor.process`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ProcessSpec {
+    /// Program.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Working directory, if not breakwater's.
+    pub cwd: Option<String>,
+}
+
+/// A running child.
+pub struct Running {
+    child: Child,
+    /// Its process id (also its process group id).
+    pub pid: u32,
+}
+
+/// Spawns `spec`, forwarding its output under `name`.
+pub fn spawn(spec: &ProcessSpec, name: &str) -> std::io::Result<Running> {
+    let mut command = Command::new(&spec.command);
+    command
+        .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions (prctl, getppid, _exit) with no
+    // allocation or locking.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(forward_lines(stdout, name.to_owned(), "stdout"));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(forward_lines(stderr, name.to_owned(), "stderr"));
+    }
+    Ok(Running { child, pid })
+}
+
+/// Logs each line of `stream`, capped at [`MAX_LINE`] bytes.
+async fn forward_lines(stream: impl AsyncRead + Unpin, name: String, which: &'static str) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let mut overflow = false;
+        // Read one line without letting it grow past the cap.
+        loop {
+            let buffer = match reader.fill_buf().await {
+                Ok([]) => return,
+                Ok(buffer) => buffer,
+                Err(_) => return,
+            };
+            let (taken, done) = match buffer.iter().position(|&b| b == b'\n') {
+                Some(end) => (end + 1, true),
+                None => (buffer.len(), false),
+            };
+            let room = MAX_LINE.saturating_sub(line.len());
+            let keep = taken.min(room);
+            line.extend_from_slice(&buffer[..keep]);
+            overflow |= keep < taken;
+            reader.consume(taken);
+            if done {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        tracing::info!(target: "breakwater::child", process = %name, stream = which, truncated = overflow, "{text}");
+    }
+}
+
+impl Running {
+    /// Waits for the child to exit.
+    pub async fn wait(&mut self) -> Exit {
+        match self.child.wait().await {
+            Ok(status) => exit_of(status),
+            Err(_) => Exit::Code(-1),
+        }
+    }
+
+    /// Sends `signal` to the child's process group.
+    pub fn signal(&self, signal: i32) {
+        if self.pid > 0 {
+            // SAFETY: kill(2) with a negative pid signals a process group;
+            // no memory is shared.
+            unsafe {
+                libc::kill(-(self.pid as i32), signal);
+            }
+        }
+    }
+
+    /// Stops the child: `signal`, then SIGKILL after `grace`. Returns how it
+    /// ended.
+    pub async fn stop(&mut self, signal: i32, grace: Duration) -> Exit {
+        self.signal(signal);
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(status)) => exit_of(status),
+            _ => {
+                tracing::warn!(
+                    pid = self.pid,
+                    ?grace,
+                    "Child did not stop in time; sending SIGKILL."
+                );
+                self.signal(libc::SIGKILL);
+                self.wait().await
+            }
+        }
+    }
+}
+
+fn exit_of(status: std::process::ExitStatus) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Exit::Code(code),
+        (None, Some(signal)) => Exit::Signal(signal),
+        (None, None) => Exit::Code(-1),
+    }
+}
+
+/// Parses a signal name as config writes it (`SIGTERM`, `TERM`, `15`).
+pub fn parse_signal(text: &str) -> Result<i32, String> {
+    let name = text.trim().trim_start_matches("SIG");
+    let signal = match name {
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "HUP" => libc::SIGHUP,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        other => other
+            .parse()
+            .map_err(|_| format!("expected a signal like SIGTERM, found {text:?}"))?,
+    };
+    Ok(signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse() {
+        assert_eq!(parse_signal("SIGTERM"), Ok(libc::SIGTERM));
+        assert_eq!(parse_signal("INT"), Ok(libc::SIGINT));
+        assert_eq!(parse_signal("9"), Ok(9));
+        assert!(parse_signal("SIGNOPE").is_err());
+    }
+
+    #[tokio::test]
+    async fn spawns_waits_and_stops() {
+        let spec = ProcessSpec {
+            command: "sh".into(),
+            args: vec!["-c".into(), "exit 3".into()],
+            env: vec![],
+            cwd: None,
+        };
+        let mut running = spawn(&spec, "t").unwrap();
+        assert_eq!(running.wait().await, Exit::Code(3));
+        let spec = ProcessSpec {
+            command: "sleep".into(),
+            args: vec!["30".into()],
+            env: vec![],
+            cwd: None,
+        };
+        let mut running = spawn(&spec, "t").unwrap();
+        assert_eq!(
+            running.stop(libc::SIGTERM, Duration::from_secs(5)).await,
+            Exit::Signal(libc::SIGTERM)
+        );
+        // A process that ignores SIGTERM (an ignored signal stays ignored
+        // across exec) ends only by the SIGKILL after the grace period.
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("trapped");
+        let script = format!("trap '' TERM; touch {}; exec sleep 30", marker.display());
+        let spec = ProcessSpec {
+            command: "sh".into(),
+            args: vec!["-c".into(), script],
+            env: vec![],
+            cwd: None,
+        };
+        let mut running = spawn(&spec, "t").unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !marker.exists() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the child never set its trap"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            running
+                .stop(libc::SIGTERM, Duration::from_millis(300))
+                .await,
+            Exit::Signal(libc::SIGKILL)
+        );
+    }
+}

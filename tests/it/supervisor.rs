@@ -1,0 +1,274 @@
+//! The embedded supervisor with real processes: restart after kill -9,
+//! crash-loop escalation, startup gating, drain then stop, and no orphan.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::support::{bin, client, eventually, free_port, proxy, Proxy, SIGTERM};
+
+fn config(upstream: &str, process: &str) -> String {
+    format!(
+        "admin: {{listen: \"{{admin}}\"}}
+listeners:
+  - {{name: inbound, listen: \"{{listen}}\", routes: [{{name: main, upstream: app, circuit_breaker: false}}]}}
+upstreams:
+  - {{name: app, endpoints: [\"{upstream}\"], outlier_detection: false}}
+supervisor:
+  drain_timeout: 20s
+  startup_timeout: 20s
+{process}"
+    )
+}
+
+fn sim_process(address: &str, extra: &str) -> String {
+    format!(
+        "  process:
+    command: \"{}\"
+    args: [sim, --listen, \"{address}\", --name, child{extra}]
+    stop_grace: 5s
+    backoff: {{initial: 50ms, max: 400ms, multiplier: 2, jitter: 0}}
+",
+        bin()
+    )
+}
+
+async fn supervisor(proxy: &Proxy) -> serde_json::Value {
+    proxy.status_json().await["supervisor"].clone()
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !stat
+                .split(") ")
+                .nth(1)
+                .is_some_and(|rest| rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+async fn ready(proxy: &Proxy) {
+    let url = proxy.admin_url("/readyz");
+    eventually("proxy ready", Duration::from_secs(20), || async {
+        (client().get(&url).send().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_killed_child_is_restarted_and_serving_resumes() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let proxy = proxy(&config(&address, &sim_process(&address, "")))
+        .run()
+        .await;
+    ready(&proxy).await;
+    assert_eq!(proxy.get("/").await.headers()["x-sim-name"], "child");
+    let before = supervisor(&proxy).await;
+    assert_eq!(before["state"], "running");
+    let pid = before["pid"].as_u64().unwrap();
+
+    let killed_at = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    eventually(
+        "serving again after kill -9",
+        Duration::from_secs(20),
+        || async { (proxy.get("/").await.status() == 200).then_some(()) },
+    )
+    .await;
+    eprintln!("kill -9 → first 200 after {:?}", killed_at.elapsed());
+    let after = supervisor(&proxy).await;
+    assert_ne!(after["pid"].as_u64().unwrap(), pid, "a new process");
+    assert_eq!(after["restarts"], 1);
+    assert_eq!(after["last_exit"], "signal 9");
+    assert!(proxy
+        .metrics()
+        .await
+        .contains(r#"breakwater_supervisor_restarts_total{reason="signal"} 1"#));
+}
+
+#[tokio::test]
+async fn a_crash_loop_backs_off_then_escalates_without_a_restart_storm() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let process = "  process:
+    command: sh
+    args: [-c, \"echo crashing; exit 3\"]
+    restart: always
+    backoff: {initial: 50ms, max: 2s, multiplier: 2, jitter: 0}
+    crash_loop: {max_restarts: 4, window: 60s}
+";
+    let proxy = proxy(&config(&address, process)).run().await;
+    eventually("escalation", Duration::from_secs(20), || async {
+        (supervisor(&proxy).await["state"] == "needs_intervention").then_some(())
+    })
+    .await;
+    let status = supervisor(&proxy).await;
+    assert_eq!(
+        status["restarts"], 4,
+        "exactly max_restarts restarts, no storm"
+    );
+    assert_eq!(status["last_exit"], "exit 3");
+    let log = proxy.process.stderr.text();
+    assert!(log.contains("kind=\"escalation\""), "{log}");
+    let delays: Vec<u128> = log
+        .lines()
+        .filter_map(|line| line.split("restarting in ").nth(1))
+        .filter_map(|rest| {
+            rest.trim_end_matches('"')
+                .strip_suffix("ms")
+                .and_then(|ms| ms.parse::<f64>().ok())
+        })
+        .map(|ms| ms as u128)
+        .collect();
+    assert_eq!(
+        delays,
+        [50, 100, 200, 400],
+        "backoff doubles between attempts"
+    );
+    // While the upstream is down for good, traffic is refused as starting.
+    let response = proxy.get("/").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["x-breakwater-reason"], "starting");
+}
+
+#[tokio::test]
+async fn traffic_waits_for_a_slow_starting_child() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let proxy = proxy(&config(
+        &address,
+        &sim_process(&address, ", --slow-start, 1500ms"),
+    ))
+    .run()
+    .await;
+    let response = proxy.get("/").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["x-breakwater-reason"], "starting");
+    assert_eq!(
+        client()
+            .get(proxy.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    ready(&proxy).await;
+    assert_eq!(proxy.get("/").await.status(), 200);
+}
+
+#[tokio::test]
+async fn sigterm_drains_fifty_requests_then_stops_the_child_then_exits_zero() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut proxy = proxy(&config(&address, &sim_process(&address, ", --latency, 2s")))
+        .run()
+        .await;
+    ready(&proxy).await;
+    let pid = supervisor(&proxy).await["pid"].as_u64().unwrap();
+    let sim_stats = format!("http://{address}/__sim/stats");
+    let requests: Vec<_> = (0..50)
+        .map(|i| {
+            let url = proxy.url(&format!("/slow/{i}"));
+            tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    eventually(
+        "50 requests at the child",
+        Duration::from_secs(10),
+        || async {
+            let stats: serde_json::Value = client()
+                .get(&sim_stats)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (stats["in_flight"].as_u64() == Some(50)).then_some(())
+        },
+    )
+    .await;
+    proxy.process.signal(SIGTERM);
+    for request in requests {
+        assert_eq!(request.await.unwrap().expect("dropped during drain"), 200);
+    }
+    let exit = proxy.process.wait_exit(Duration::from_secs(20)).await;
+    assert!(exit.success(), "{exit}");
+    let log = proxy.process.stderr.text();
+    let drained = log
+        .find("Drained: all connections closed.")
+        .expect("drained");
+    let child_stopped = log
+        .find("received SIGTERM")
+        .expect("the child got its stop signal");
+    assert!(
+        drained < child_stopped,
+        "the child is stopped only after the drain"
+    );
+    eventually("child gone", Duration::from_secs(5), || async {
+        (!alive(pid)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sigkilled_breakwater_leaves_no_child_behind() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut proxy = proxy(&config(&address, &sim_process(&address, "")))
+        .run()
+        .await;
+    ready(&proxy).await;
+    let pid = supervisor(&proxy).await["pid"].as_u64().unwrap();
+    assert!(alive(pid));
+    proxy.process.signal(9);
+    let _ = proxy.process.wait_exit(Duration::from_secs(5)).await;
+    eventually(
+        "the child dies with its parent",
+        Duration::from_secs(5),
+        || async { (!alive(pid)).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn run_dash_dash_command_supervises_it_on_the_embedded_default() {
+    let upstream = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let process = crate::support::Process::spawn(
+        &[
+            "run",
+            "--listen",
+            &listen,
+            "--admin",
+            &admin,
+            "--upstream",
+            &upstream,
+            "--",
+            bin(),
+            "sim",
+            "--listen",
+            &upstream,
+            "--name",
+            "cli-child",
+        ],
+        &[],
+    );
+    let ready_url = format!("http://{admin}/readyz");
+    eventually("ready", Duration::from_secs(20), || async {
+        (client().get(&ready_url).send().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    let response = client()
+        .get(format!("http://{listen}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-sim-name"], "cli-child");
+    process
+        .stderr
+        .wait_for("cli-child listening", Duration::from_secs(5))
+        .await;
+}
