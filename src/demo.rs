@@ -1,12 +1,9 @@
 //! `breakwater demo`: the one-command tour.
 //!
-//! Starts `breakwater sim` as a child process, puts the proxy in front of it
-//! with `config/demo.yaml` (embedded), prints what to try, and serves until
-//! Ctrl-C, then stops both. Part 3 turns the child into a supervised one.
-
-use std::time::Duration;
-
-use tokio::process::{Child, Command};
+//! Runs `breakwater sim` as the supervised upstream process behind the proxy
+//! with `config/demo.yaml` (embedded), prints what to try — including how
+//! to crash the upstream and watch the supervisor bring it back — and serves
+//! until Ctrl-C, which drains, stops the child and exits.
 
 use crate::config::{self, Overrides};
 use crate::state::ConfigSource;
@@ -21,12 +18,9 @@ pub enum DemoError {
     /// The embedded config failed to load (a bug).
     #[error("{0}")]
     Config(#[from] config::ConfigError),
-    /// The sim could not be started.
-    #[error("cannot start the demo upstream (breakwater sim): {0}")]
-    Spawn(std::io::Error),
-    /// The sim did not start listening.
-    #[error("the demo upstream did not start listening on {SIM_ADDRESS} within 10s (is the port in use?)")]
-    SimNotReady,
+    /// breakwater cannot find its own executable to run the sim.
+    #[error("cannot find breakwater's own executable to run the sim: {0}")]
+    Exe(std::io::Error),
     /// The proxy failed to start.
     #[error("{0}")]
     Run(#[from] crate::run::RunError),
@@ -34,70 +28,43 @@ pub enum DemoError {
 
 /// Runs the demo until Ctrl-C.
 pub async fn run() -> Result<(), DemoError> {
-    let config = config::load_str(DEMO_CONFIG, "<demo config>", &Overrides::default())?;
-    let mut sim = spawn_sim().map_err(DemoError::Spawn)?;
-    if !wait_listening(&mut sim).await {
-        let _ = sim.kill().await;
-        return Err(DemoError::SimNotReady);
-    }
+    let exe = std::env::current_exe().map_err(DemoError::Exe)?;
+    let command: Vec<String> = [
+        exe.to_string_lossy().as_ref(),
+        "sim",
+        "--listen",
+        SIM_ADDRESS,
+        "--name",
+        "demo-app",
+        "--latency",
+        "20ms",
+    ]
+    .iter()
+    .map(|part| (*part).to_owned())
+    .collect();
+    let overrides = Overrides {
+        command,
+        ..Overrides::default()
+    };
+    let config = config::load_str(DEMO_CONFIG, "<demo config>", &overrides)?;
     let proxy = config
         .listeners
         .first()
         .map(|l| l.listen.to_string())
         .unwrap_or_default();
     let admin = config.admin.listen.to_string();
-    let running =
-        match crate::run::start(config, ConfigSource::Embedded, Overrides::default()).await {
-            Ok(running) => running,
-            Err(error) => {
-                let _ = sim.kill().await;
-                return Err(error.into());
-            }
-        };
+    let running = crate::run::start(config, ConfigSource::Embedded, overrides).await?;
     println!(
-        "\nbreakwater demo is running.\n\
-         \n  proxy     http://{proxy}/          try:  curl -i http://{proxy}/\
+        "\nbreakwater demo is running.\
+         \n\n  proxy     http://{proxy}/          try:  curl -i http://{proxy}/\
          \n  admin     http://{admin}/status    also /metrics, /readyz\
-         \n  upstream  breakwater sim on {SIM_ADDRESS} (20ms latency)\
-         \n\nBreak the upstream and watch the proxy answer for it:\
-         \n  curl -X POST {SIM_ADDRESS}/__sim/config -d '{{\"hang\":true}}'     then: curl -i http://{proxy}/api  → 504 timeout after 2s\
-         \n  curl -X POST {SIM_ADDRESS}/__sim/config -d '{{\"status\":503}}'    then: curl -i http://{proxy}/     → the upstream's 503\
-         \n  curl -X POST {SIM_ADDRESS}/__sim/crash                           then: curl -i http://{proxy}/     → 502 upstream-unavailable\
-         \n  curl -X POST {SIM_ADDRESS}/__sim/reset                           back to normal (unless crashed)\
-         \n\nCtrl-C stops everything.\n"
+         \n  upstream  breakwater sim on {SIM_ADDRESS}, supervised by breakwater (20ms latency)\
+         \n\nBreak the upstream and watch breakwater answer for it:\
+         \n  curl -X POST {SIM_ADDRESS}/__sim/config -d '{{\"hang\":true}}'    then: curl -i http://{proxy}/api   → 504 timeout after 2s\
+         \n  curl -X POST {SIM_ADDRESS}/__sim/config -d '{{\"status\":503}}'   then: curl -i http://{proxy}/      → 503s until the breaker opens (breaker-open)\
+         \n  curl -X POST {SIM_ADDRESS}/__sim/crash                          then: curl -s http://{admin}/status → the supervisor restarted it (new pid)\
+         \n  curl -X POST {SIM_ADDRESS}/__sim/reset                          back to normal; POST http://{admin}/breakers/reset closes breakers\
+         \n\nCtrl-C drains, stops the sim and exits.\n"
     );
-    let result = running.until_signal().await;
-    let _ = sim.kill().await;
-    Ok(result?)
-}
-
-fn spawn_sim() -> std::io::Result<Child> {
-    let exe = std::env::current_exe()?;
-    Command::new(exe)
-        .args([
-            "sim",
-            "--listen",
-            SIM_ADDRESS,
-            "--name",
-            "demo-app",
-            "--latency",
-            "20ms",
-        ])
-        .kill_on_drop(true)
-        .spawn()
-}
-
-/// Polls (bounded) until the sim accepts connections, or it exits.
-async fn wait_listening(sim: &mut Child) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
-        if let Ok(Some(_)) = sim.try_wait() {
-            return false;
-        }
-        if tokio::net::TcpStream::connect(SIM_ADDRESS).await.is_ok() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    Ok(running.until_signal().await?)
 }
