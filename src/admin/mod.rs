@@ -12,6 +12,9 @@
 //! | POST `/breakers/{route}/close`     | force it closed (nothing counted) until reset     |
 //! | POST `/breakers/{route}/reset`     | back to closed, window and backoff cleared        |
 //! | POST `/breakers/reset`             | reset every breaker                               |
+//! | POST `/upstreams/{name}/failover`  | send the upstream's traffic to its backups        |
+//! | POST `/upstreams/{name}/failback`  | back to the primaries                             |
+//! | POST `/upstreams/{name}/restart`   | restart the supervised process now                |
 //!
 //! Every answer is JSON except `/metrics`. Mutating paths take POST only (a
 //! GET is 405 and changes nothing), need `authorization: Bearer <token>`
@@ -34,6 +37,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+use crate::events::{self, Severity};
 use crate::policy::breaker::Force;
 use crate::proxy::body::Body;
 use crate::proxy::snapshot::Snapshot;
@@ -86,7 +90,9 @@ async fn handle(
     let (access, allowed) = match path.as_str() {
         "/healthz" | "/readyz" | "/metrics" | "/status" => (Access::Read, Method::GET),
         "/config/reload" | "/breakers/reset" => (Access::Mutate, Method::POST),
-        _ if breaker_action(&path).is_some() => (Access::Mutate, Method::POST),
+        _ if breaker_action(&path).is_some() || upstream_action(&path).is_some() => {
+            (Access::Mutate, Method::POST)
+        }
         _ => {
             return Ok(json_response(
                 StatusCode::NOT_FOUND,
@@ -153,9 +159,10 @@ async fn handle(
             }
             json_response(StatusCode::OK, &json!({"result": "ok", "reset": reset}))
         }
-        _ => match breaker_action(&path) {
-            Some((route, action)) => force_breaker(&state, route, action),
-            None => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+        _ => match (breaker_action(&path), upstream_action(&path)) {
+            (Some((route, action)), _) => force_breaker(&state, route, action),
+            (None, Some((upstream, action))) => act_on_upstream(&state, upstream, action),
+            (None, None) => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
         },
     };
     Ok(response)
@@ -230,6 +237,73 @@ fn breaker_action(path: &str) -> Option<(&str, Force)> {
         _ => return None,
     };
     (!route.is_empty()).then_some((route, action))
+}
+
+/// `/upstreams/{name}/{failover|failback|restart}` → (name, action).
+fn upstream_action(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/upstreams/")?;
+    let (name, action) = rest.split_once('/')?;
+    (!name.is_empty() && matches!(action, "failover" | "failback" | "restart"))
+        .then_some((name, action))
+}
+
+fn act_on_upstream(state: &State, name: &str, action: &str) -> Response<Body> {
+    let snapshot = state.snapshot();
+    let Some(pool) = snapshot
+        .upstreams
+        .iter()
+        .find(|pool| pool.config.name == name)
+    else {
+        let known: Vec<&str> = snapshot
+            .upstreams
+            .iter()
+            .map(|pool| pool.config.name.as_str())
+            .collect();
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no upstream named {name:?}"), "upstreams": known}),
+        );
+    };
+    let events_total = &state.metrics.events_total;
+    match action {
+        "failover" if pool.backup().is_empty() => json_response(
+            StatusCode::CONFLICT,
+            &json!({"error": format!("upstream {name:?} has no backup endpoints")}),
+        ),
+        "failover" | "failback" => {
+            let failed_over = action == "failover";
+            if pool.set_failed_over(failed_over) {
+                events::emit(
+                    events_total,
+                    if failed_over { "failover" } else { "failback" },
+                    name,
+                    Severity::Warning,
+                    "by an operator",
+                );
+            }
+            json_response(
+                StatusCode::OK,
+                &json!({"result": "ok", "upstream": name, "failed_over": failed_over}),
+            )
+        }
+        _ => match state
+            .supervisor
+            .get()
+            .filter(|supervisor| supervisor.upstream == name)
+        {
+            Some(supervisor) => {
+                supervisor.restart();
+                json_response(
+                    StatusCode::ACCEPTED,
+                    &json!({"result": "restarting", "upstream": name}),
+                )
+            }
+            None => json_response(
+                StatusCode::CONFLICT,
+                &json!({"error": format!("no supervised process serves {name:?}")}),
+            ),
+        },
+    }
 }
 
 fn force_breaker(state: &State, route_name: &str, action: Force) -> Response<Body> {
@@ -366,24 +440,28 @@ fn status(state: &State) -> Value {
         .upstreams
         .iter()
         .map(|pool| {
-            let endpoint = |address: &http::uri::Authority, role: &str| json!({"address": address.as_str(), "role": role});
-            let primary = |index: usize, endpoint: &crate::proxy::forward::Endpoint| {
-                let outlier = pool.outlier();
-                json!({
-                    "address": endpoint.authority.as_str(),
-                    "role": "primary",
-                    "available": pool.is_available(index, now),
-                    "healthy": endpoint.healthy.load(Ordering::Relaxed),
-                    "ejected": outlier.is_some_and(|o| !o.is_available(index, now)),
-                    "times_ejected": outlier.map_or(0, |o| o.times_ejected(index)),
+            let n_primary = pool.endpoints().len();
+            let outlier = pool.outlier();
+            let endpoints: Vec<Value> = (0..n_primary + pool.backup().len())
+                .filter_map(|index| {
+                    let endpoint = pool.endpoint(index)?;
+                    let primary = index < n_primary;
+                    Some(json!({
+                        "address": endpoint.authority.as_str(),
+                        "role": if primary { "primary" } else { "backup" },
+                        "available": pool.is_available(index, now),
+                        "healthy": endpoint.healthy.load(Ordering::Relaxed),
+                        "ejected": primary && outlier.is_some_and(|o| !o.is_available(index, now)),
+                        "times_ejected": if primary { outlier.map_or(0, |o| o.times_ejected(index)) } else { 0 },
+                    }))
                 })
-            };
+                .collect();
             json!({
                 "name": pool.config.name,
                 "protocol": pool.config.protocol,
                 "connect_timeout": crate::units::format_duration(pool.config.connect_timeout),
-                "endpoints": pool.endpoints().iter().enumerate().map(|(i, e)| primary(i, e))
-                    .chain(pool.backup().iter().map(|a| endpoint(a, "backup"))).collect::<Vec<_>>(),
+                "failed_over": pool.is_failed_over(),
+                "endpoints": endpoints,
             })
         })
         .collect();

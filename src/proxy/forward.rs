@@ -4,10 +4,14 @@
 //! pooled client, one per protocol in use) and its endpoints' health: the
 //! active health check's verdict per endpoint, and passive outlier
 //! detection from live traffic (SPEC §3.6). [`UpstreamPool::pick`] chooses
-//! round robin among the available endpoints, avoiding the one a retry
-//! just failed on when another is available; if none is available it
-//! falls back to all of them, since refusing every request is worse than
-//! trying a doubtful endpoint (Envoy's "panic threshold").
+//! round robin among the available primary endpoints, avoiding the one a
+//! retry just failed on when another is available. When no primary is
+//! available — ejected, unhealthy, or its supervised process down — or an
+//! operator failed the upstream over (SPEC §5.4), the `backup` endpoints
+//! take the traffic; with none available either it falls back to all
+//! primaries, since refusing every request is worse than trying a doubtful
+//! endpoint (Envoy's "panic threshold"). Endpoint indices run over the
+//! primaries first, then the backups.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,8 +51,13 @@ pub struct UpstreamPool {
     /// its warm connections and endpoint health) when the new config is equal.
     pub config: Upstream,
     endpoints: Vec<Endpoint>,
-    backup: Vec<Authority>,
+    backup: Vec<Endpoint>,
     next: AtomicUsize,
+    /// Set by an operator's failover: backups take all traffic.
+    failed_over: AtomicBool,
+    /// Set by the supervisor while the process behind the primaries is
+    /// down or restarting.
+    primary_down: AtomicBool,
     outlier: Option<OutlierDetector>,
     http1: HttpClient,
     http2: HttpClient,
@@ -74,13 +83,12 @@ impl UpstreamPool {
             .timer(TokioTimer::new());
         let http1 = builder.clone().build(connector.clone());
         let http2 = builder.http2_only(true).build(connector);
-        let endpoints: Vec<Endpoint> = parse(&config.endpoints)
-            .into_iter()
-            .map(|authority| Endpoint {
-                authority,
-                healthy: AtomicBool::new(true),
-            })
-            .collect();
+        let endpoint = |authority| Endpoint {
+            authority,
+            healthy: AtomicBool::new(true),
+        };
+        let endpoints: Vec<Endpoint> = parse(&config.endpoints).into_iter().map(endpoint).collect();
+        let backup: Vec<Endpoint> = parse(&config.backup).into_iter().map(endpoint).collect();
         let outlier = config.outlier_detection.on().map(|outlier| {
             OutlierDetector::new(
                 OutlierConfig {
@@ -94,31 +102,50 @@ impl UpstreamPool {
         UpstreamPool {
             config: config.clone(),
             endpoints,
-            backup: parse(&config.backup),
+            backup,
             next: AtomicUsize::new(0),
+            failed_over: AtomicBool::new(false),
+            primary_down: AtomicBool::new(false),
             outlier,
             http1,
             http2,
         }
     }
 
-    /// Whether endpoint `index` may take traffic now.
-    pub fn is_available(&self, index: usize, now: Instant) -> bool {
+    /// The endpoint at `index` (primaries first, then backups).
+    pub fn endpoint(&self, index: usize) -> Option<&Endpoint> {
         self.endpoints
             .get(index)
-            .is_some_and(|endpoint| endpoint.healthy.load(Ordering::Relaxed))
-            && self
-                .outlier
-                .as_ref()
-                .is_none_or(|outlier| outlier.is_available(index, now))
+            .or_else(|| self.backup.get(index.checked_sub(self.endpoints.len())?))
     }
 
-    /// The next endpoint, round robin over the available ones, avoiding
-    /// `avoid` when another is available.
+    /// Whether endpoint `index` may take traffic now.
+    pub fn is_available(&self, index: usize, now: Instant) -> bool {
+        let Some(endpoint) = self.endpoint(index) else {
+            return false;
+        };
+        if !endpoint.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        if index < self.endpoints.len() {
+            !self.primary_down.load(Ordering::Relaxed)
+                && self
+                    .outlier
+                    .as_ref()
+                    .is_none_or(|outlier| outlier.is_available(index, now))
+        } else {
+            true
+        }
+    }
+
+    /// The next endpoint: round robin over available primaries (or backups
+    /// when failed over or no primary is available), avoiding `avoid` when
+    /// another is available.
     pub fn pick(&self, avoid: Option<usize>, now: Instant) -> Option<usize> {
-        let n = self.endpoints.len();
-        if n <= 1 {
-            return (n == 1).then_some(0);
+        let n_primary = self.endpoints.len();
+        let n_backup = self.backup.len();
+        if n_primary == 1 && n_backup == 0 {
+            return Some(0);
         }
         // A retry takes the endpoint after the one that failed, leaving the
         // shared counter alone, so retries do not fall into step with the
@@ -127,22 +154,56 @@ impl UpstreamPool {
             Some(failed) => failed + 1,
             None => self.next.fetch_add(1, Ordering::Relaxed),
         };
-        let candidates = (0..n).map(|offset| (start + offset) % n);
-        candidates
-            .clone()
-            .find(|&index| Some(index) != avoid && self.is_available(index, now))
+        let primaries =
+            move || (0..n_primary).map(move |offset| (start + offset) % n_primary.max(1));
+        let backups =
+            move || (0..n_backup).map(move |offset| n_primary + (start + offset) % n_backup.max(1));
+        let usable = |index: &usize| Some(*index) != avoid && self.is_available(*index, now);
+        if !self.failed_over.load(Ordering::Relaxed) {
+            if let Some(index) = primaries().find(usable) {
+                return Some(index);
+            }
+        }
+        backups()
+            .find(usable)
+            .or_else(|| primaries().find(usable))
             .or_else(|| {
-                candidates
-                    .clone()
+                backups()
+                    .chain(primaries())
                     .find(|&index| self.is_available(index, now))
             })
-            .or_else(|| candidates.clone().find(|&index| Some(index) != avoid))
-            .or(Some(start % n))
+            .or_else(|| primaries().find(|&index| Some(index) != avoid))
+            .or_else(|| primaries().next())
+            .or_else(|| backups().next())
+    }
+
+    /// Moves all traffic to the backups (`true`) or back (`false`).
+    /// Returns whether anything changed.
+    pub fn set_failed_over(&self, failed_over: bool) -> bool {
+        self.failed_over.swap(failed_over, Ordering::Relaxed) != failed_over
+    }
+
+    /// Whether an operator failed this upstream over.
+    pub fn is_failed_over(&self) -> bool {
+        self.failed_over.load(Ordering::Relaxed)
+    }
+
+    /// Marks the supervised process behind the primaries down or up.
+    pub fn set_primary_down(&self, down: bool) {
+        self.primary_down.store(down, Ordering::Relaxed);
+    }
+
+    /// Whether some backup endpoint could take traffic now.
+    pub fn has_available_backup(&self, now: Instant) -> bool {
+        (0..self.backup.len()).any(|offset| self.is_available(self.endpoints.len() + offset, now))
     }
 
     /// Counts a try's result against endpoint `index`; returns an
     /// ejection if this one caused it.
     pub fn record(&self, index: usize, failure: bool, now: Instant) -> Option<Ejection> {
+        if index >= self.endpoints.len() {
+            return None; // Outlier detection covers the primary set.
+        }
         self.outlier.as_ref()?.record(index, failure, now)
     }
 
@@ -151,8 +212,8 @@ impl UpstreamPool {
         &self.endpoints
     }
 
-    /// Backup endpoints (used by failover, part 3).
-    pub fn backup(&self) -> &[Authority] {
+    /// Backup endpoints.
+    pub fn backup(&self) -> &[Endpoint] {
         &self.backup
     }
 
@@ -163,7 +224,7 @@ impl UpstreamPool {
 
     /// Sends `request` to endpoint `index`, rewriting its target.
     pub fn send(&self, index: usize, mut request: Request<Body>) -> ForwardFuture {
-        let Some(endpoint) = self.endpoints.get(index) else {
+        let Some(endpoint) = self.endpoint(index) else {
             return ForwardFuture { inner: None };
         };
         let path = request
@@ -203,7 +264,7 @@ impl UpstreamPool {
             Ok(uri) => *request.uri_mut() = uri,
             Err(_) => return ForwardFuture { inner: None },
         }
-        if let Some(endpoint) = self.endpoints.get(index) {
+        if let Some(endpoint) = self.endpoint(index) {
             if let Ok(host) = http::HeaderValue::from_str(endpoint.authority.as_str()) {
                 request.headers_mut().insert(http::header::HOST, host);
             }

@@ -28,7 +28,7 @@ pub fn spawn(pool: &Arc<UpstreamPool>, events_total: &IntCounterVec) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    for index in 0..pool.endpoints().len() {
+    for index in 0..pool.endpoints().len() + pool.backup().len() {
         runtime.spawn(check_endpoint(
             Arc::downgrade(pool),
             index,
@@ -51,7 +51,7 @@ async fn check_endpoint(
         ticks.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let passed = probe(&pool, index, &check).await;
-        let Some(endpoint) = pool.endpoints().get(index) else {
+        let Some(endpoint) = pool.endpoint(index) else {
             return;
         };
         if let Some(change) = tracker.record(passed) {
@@ -78,7 +78,7 @@ async fn check_endpoint(
 
 /// One probe within `check.timeout`; true when it passed.
 async fn probe(pool: &UpstreamPool, index: usize, check: &HealthCheck) -> bool {
-    let Some(endpoint) = pool.endpoints().get(index) else {
+    let Some(endpoint) = pool.endpoint(index) else {
         return false;
     };
     let within = |future| tokio::time::timeout(check.timeout, future);

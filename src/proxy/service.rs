@@ -156,11 +156,6 @@ async fn serve(
     if context.state.overload.level() == Level::Shed {
         return log.reject(Rejection::Overload);
     }
-    if let Some(supervisor) = context.state.supervisor.get() {
-        if !supervisor.ready.load(std::sync::atomic::Ordering::Acquire) {
-            return log.reject(Rejection::Starting);
-        }
-    }
 
     let listener = snapshot.listener(&context.listener);
     let chosen = listener.and_then(|listener| {
@@ -172,6 +167,17 @@ async fn serve(
     };
     let mut log = log;
     log.metrics = route.metrics.clone();
+    // While the supervised process (re)starts, its routes wait with 503
+    // starting — unless a backup can take the request.
+    if let Some(supervisor) = context.state.supervisor.get() {
+        let down = !supervisor.ready.load(std::sync::atomic::Ordering::Acquire);
+        if down
+            && supervisor.upstream == route.config.upstream
+            && !route.upstream.has_available_backup(start)
+        {
+            return log.reject(Rejection::Starting);
+        }
+    }
 
     // Headers: the upstream sees a clean, attributed request.
     let host = parts.headers.get(HOST).cloned().or_else(|| {

@@ -65,10 +65,13 @@ impl Status {
 
 /// Handle to the supervisor task.
 pub struct Supervisor {
+    /// The upstream whose primary endpoints this process serves.
+    pub upstream: String,
     status: Mutex<Status>,
     /// True while the child is up and has answered its readiness probe.
     pub ready: AtomicBool,
     stop: watch::Sender<bool>,
+    restart: watch::Sender<u64>,
     done: watch::Sender<bool>,
 }
 
@@ -84,10 +87,13 @@ impl Supervisor {
         let probe_address = config.upstream(&upstream_name)?.endpoints.first()?.clone();
         let (stop, _) = watch::channel(false);
         let (done, _) = watch::channel(false);
+        let (restart, _) = watch::channel(0);
         let supervisor = Arc::new(Supervisor {
+            upstream: upstream_name.clone(),
             status: Mutex::new(Status::new()),
             ready: AtomicBool::new(false),
             stop,
+            restart,
             done,
         });
         let task = Task {
@@ -125,6 +131,26 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         change(&mut status);
+    }
+
+    /// Asks for the child to be stopped and started again now (an
+    /// operator's restart; no backoff).
+    pub fn restart(&self) {
+        self.restart.send_modify(|n| *n += 1);
+    }
+
+    /// Marks the process ready or not, and tells the upstream's pool, so
+    /// traffic goes to backups (if any) while it is down.
+    fn set_ready(&self, state: &State, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+        let snapshot = state.snapshot();
+        if let Some(pool) = snapshot
+            .upstreams
+            .iter()
+            .find(|pool| pool.config.name == self.upstream)
+        {
+            pool.set_primary_down(!ready);
+        }
     }
 
     /// Stops the child (stop signal, then SIGKILL after its grace) and
@@ -165,6 +191,8 @@ impl Task {
         let stop_signal = process::parse_signal(&self.process.stop_signal).unwrap_or(libc::SIGTERM);
         let mut tracker = RestartTracker::new(settings);
         let mut stop = self.supervisor.stop.subscribe();
+        let mut restart = self.supervisor.restart.subscribe();
+        self.supervisor.set_ready(&self.state, false);
         let events_total = &self.state.metrics.events_total;
         loop {
             let mut running = match process::spawn(&spec, &self.name) {
@@ -200,8 +228,19 @@ impl Task {
 
             let exit = tokio::select! {
                 exit = self.ready_then_wait(&mut running, pid) => exit,
+                _ = restart.changed() => {
+                    self.supervisor.set_ready(&self.state, false);
+                    let exit = running.stop(stop_signal, self.process.stop_grace).await;
+                    self.state.metrics.supervisor_restarts.with_label_values(&["admin"]).inc();
+                    events::emit(events_total, "process_restart", &self.name, Severity::Warning, &format!("pid {pid}: restarted by an operator ({})", describe(exit)));
+                    self.supervisor.update(|status| {
+                        status.restarts += 1;
+                        status.last_exit = Some(describe(exit));
+                    });
+                    continue;
+                }
                 _ = stopped(&mut stop) => {
-                    self.supervisor.ready.store(false, Ordering::Release);
+                    self.supervisor.set_ready(&self.state, false);
                     let exit = running.stop(stop_signal, self.process.stop_grace).await;
                     events::emit(events_total, "process_stop", &self.name, Severity::Info, &format!("pid {pid}: {}", describe(exit)));
                     self.supervisor.update(|status| {
@@ -213,7 +252,7 @@ impl Task {
                     break;
                 }
             };
-            self.supervisor.ready.store(false, Ordering::Release);
+            self.supervisor.set_ready(&self.state, false);
             let now = Instant::now();
             let decision = tracker.on_exit(exit, started, now, rand::random());
             self.supervisor.update(|status| {
@@ -308,7 +347,7 @@ impl Task {
             exit = running.wait() => return exit,
             ready = probe => {
                 if ready {
-                    self.supervisor.ready.store(true, Ordering::Release);
+                    self.supervisor.set_ready(&self.state, true);
                     self.supervisor.update(|status| status.state = "running");
                     events::emit(&self.state.metrics.events_total, "process_ready", &self.name, Severity::Info, &format!("pid {pid}"));
                 } else {

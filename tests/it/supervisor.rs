@@ -272,3 +272,225 @@ async fn run_dash_dash_command_supervises_it_on_the_embedded_default() {
         .wait_for("cli-child listening", Duration::from_secs(5))
         .await;
 }
+
+fn with_backup(primary: &str, backup: &str, process: &str) -> String {
+    format!(
+        "admin: {{listen: \"{{admin}}\"}}
+listeners:
+  - name: inbound
+    listen: \"{{listen}}\"
+    routes:
+      - name: main
+        upstream: app
+        circuit_breaker: false
+        retry: {{attempts: 3, retry_on: [connect_error, connect_timeout, reset], backoff: {{base: 1ms, max: 5ms}}}}
+upstreams:
+  - name: app
+    endpoints: [\"{primary}\"]
+    backup: [\"{backup}\"]
+    outlier_detection: {{consecutive_failures: 2, base_ejection_time: 1s}}
+supervisor:
+  startup_timeout: 20s
+{process}"
+    )
+}
+
+/// GETs in a loop until `stop` flips, counting statuses by upstream name.
+fn client_loop(
+    url: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    tokio::spawn(async move {
+        let client = client();
+        let mut served = 0;
+        let mut failures = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !*stop.borrow() && Instant::now() < deadline {
+            match client.get(&url).send().await {
+                Ok(response) if response.status() == 200 => served += 1,
+                Ok(response) => failures.push(format!(
+                    "{} {:?}",
+                    response.status(),
+                    response.headers().get("x-breakwater-reason")
+                )),
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+        (served, failures)
+    })
+}
+
+#[tokio::test]
+async fn killing_the_primary_with_a_healthy_backup_fails_no_request_and_traffic_returns() {
+    let primary_address = format!("127.0.0.1:{}", free_port());
+    let backup = crate::support::sim("backup").run().await;
+    let spawn_primary = || {
+        crate::support::Process::spawn(
+            &["sim", "--listen", &primary_address, "--name", "primary"],
+            &[],
+        )
+    };
+    let primary = spawn_primary();
+    primary
+        .stdout
+        .wait_for("listening on", Duration::from_secs(10))
+        .await;
+    let proxy = proxy(&with_backup(&primary_address, &backup.address, ""))
+        .run()
+        .await;
+    assert_eq!(proxy.get("/").await.headers()["x-sim-name"], "primary");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let looping = client_loop(proxy.url("/"), stopped);
+    eventually(
+        "some traffic before the kill",
+        Duration::from_secs(5),
+        || async {
+            let _ = proxy.status_json().await;
+            (proxy
+                .metrics()
+                .await
+                .contains(r#"code="200",outcome="success",route="main"}"#))
+            .then_some(())
+        },
+    )
+    .await;
+    drop(primary); // SIGKILL
+    eventually(
+        "the backup takes the traffic",
+        Duration::from_secs(10),
+        || async { (backup.requests().await > 20).then_some(()) },
+    )
+    .await;
+    // The primary comes back; after its ejection time, traffic returns.
+    let revived = spawn_primary();
+    revived
+        .stdout
+        .wait_for("listening on", Duration::from_secs(10))
+        .await;
+    let revived_stats = format!("http://{primary_address}/__sim/stats");
+    eventually(
+        "traffic fails back to the primary",
+        Duration::from_secs(15),
+        || async {
+            let stats: serde_json::Value = client()
+                .get(&revived_stats)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (stats["requests"].as_u64()? > 10).then_some(())
+        },
+    )
+    .await;
+    stop.send_replace(true);
+    let (served, failures) = looping.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        served + failures.len() as u64,
+        &failures[..failures.len().min(5)]
+    );
+    eprintln!(
+        "failover: {served} requests, 0 failed, {} went to the backup",
+        backup.requests().await
+    );
+}
+
+#[tokio::test]
+async fn a_supervised_primary_restarting_behind_a_backup_fails_no_request() {
+    let primary_address = format!("127.0.0.1:{}", free_port());
+    let backup = crate::support::sim("backup").run().await;
+    let proxy = proxy(&with_backup(
+        &primary_address,
+        &backup.address,
+        &sim_process(&primary_address, ""),
+    ))
+    .run()
+    .await;
+    ready(&proxy).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let looping = client_loop(proxy.url("/"), stopped);
+    for round in 0..3 {
+        let pid = supervisor(&proxy).await["pid"].as_u64().unwrap();
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        eventually("restarted", Duration::from_secs(20), || async {
+            let status = supervisor(&proxy).await;
+            (status["state"] == "running" && status["restarts"] == round + 1).then_some(())
+        })
+        .await;
+    }
+    stop.send_replace(true);
+    let (served, failures) = looping.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        backup.requests().await > 0,
+        "the backup served during the restarts"
+    );
+    eprintln!("3 supervised restarts behind a backup: {served} requests, 0 failed");
+}
+
+#[tokio::test]
+async fn operators_fail_over_fail_back_and_restart() {
+    let primary_address = format!("127.0.0.1:{}", free_port());
+    let backup = crate::support::sim("backup").run().await;
+    let proxy = proxy(&with_backup(
+        &primary_address,
+        &backup.address,
+        &sim_process(&primary_address, ""),
+    ))
+    .run()
+    .await;
+    ready(&proxy).await;
+    let post = |path: &str| {
+        let url = proxy.admin_url(path);
+        async move { client().post(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(proxy.get("/").await.headers()["x-sim-name"], "child");
+    assert_eq!(post("/upstreams/app/failover").await, 200);
+    assert_eq!(
+        proxy.status_json().await["upstreams"][0]["failed_over"],
+        true
+    );
+    for _ in 0..5 {
+        assert_eq!(proxy.get("/").await.headers()["x-sim-name"], "backup");
+    }
+    assert_eq!(post("/upstreams/app/failback").await, 200);
+    assert_eq!(proxy.get("/").await.headers()["x-sim-name"], "child");
+    let pid = supervisor(&proxy).await["pid"].as_u64().unwrap();
+    assert_eq!(post("/upstreams/app/restart").await, 202);
+    eventually(
+        "restarted by the operator",
+        Duration::from_secs(20),
+        || async {
+            let status = supervisor(&proxy).await;
+            (status["state"] == "running" && status["pid"].as_u64() != Some(pid)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(post("/upstreams/nope/failover").await, 404);
+    assert_eq!(
+        client()
+            .get(proxy.admin_url("/upstreams/app/failover"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    let log = proxy.process.stderr.text();
+    for kind in ["failover", "failback", "process_restart"] {
+        assert!(log.contains(&format!("kind=\"{kind}\"")), "no {kind} event");
+    }
+}
