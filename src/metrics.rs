@@ -53,8 +53,10 @@ pub struct Metrics {
     pub retry_budget_exhausted: IntCounter,
     /// `breakwater_endpoint_healthy{upstream,endpoint}`: 1 when taking traffic.
     pub endpoint_healthy: IntGaugeVec,
-    /// `breakwater_supervisor_restarts_total{reason}` (`exit`, `signal`).
+    /// `breakwater_supervisor_restarts_total{reason}` (`exit`, `signal`, `admin`).
     pub supervisor_restarts: IntCounterVec,
+    /// `breakwater_webhook_dropped_total`: events dropped from a full webhook queue.
+    pub webhook_dropped: IntCounter,
 }
 
 /// Handles for one route, resolved when a snapshot is built.
@@ -201,6 +203,14 @@ impl Metrics {
             .namespace("breakwater"),
         )?;
         registry.register(Box::new(retry_budget_exhausted.clone()))?;
+        let webhook_dropped = IntCounter::with_opts(
+            Opts::new(
+                "webhook_dropped_total",
+                "Events dropped because a webhook's queue was full.",
+            )
+            .namespace("breakwater"),
+        )?;
+        registry.register(Box::new(webhook_dropped.clone()))?;
         let supervisor_restarts = counter(
             "supervisor_restarts_total",
             "Restarts of the supervised process, by reason (exit, signal).",
@@ -223,6 +233,7 @@ impl Metrics {
             retry_budget_exhausted,
             endpoint_healthy,
             supervisor_restarts,
+            webhook_dropped,
             registry,
             requests_total,
             request_duration,
@@ -245,12 +256,16 @@ impl Metrics {
     }
 
     /// The handles the policy layers of `route` report to.
-    pub fn route_report(&self, route: &str) -> crate::proxy::layers::RouteReport {
+    pub fn route_report(
+        &self,
+        route: &str,
+        events: std::sync::Arc<crate::events::EventBus>,
+    ) -> crate::proxy::layers::RouteReport {
         crate::proxy::layers::RouteReport {
             route: std::sync::Arc::from(route),
             transitions: self.breaker_transitions.clone(),
             shed: self.shed_total.clone(),
-            events: self.events_total.clone(),
+            events,
             retries: self.retries_total.with_label_values(&[route]),
             budget_exhausted: self.retry_budget_exhausted.clone(),
         }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::events::{self, Severity};
+use crate::events::Severity;
 use crate::state::State;
 
 /// How often RSS is sampled.
@@ -148,8 +148,7 @@ pub fn spawn(state: Arc<State>) {
                 } else {
                     Severity::Warning
                 };
-                events::emit(
-                    &state.metrics.events_total,
+                state.events.emit(
                     "overload",
                     level.as_str(),
                     severity,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{self, Config, ConfigError, ConfigIssue};
-use crate::events::{self, Severity};
+use crate::events::Severity;
 use crate::proxy::snapshot::Snapshot;
 use crate::state::{ConfigSource, State};
 
@@ -72,15 +72,20 @@ pub async fn reload(state: &State, trigger: &str) -> Result<Reloaded, ConfigErro
         }
         Ok(config) => {
             let version = current.version + 1;
-            let snapshot = Snapshot::build(config, version, Some(&current), &state.metrics);
+            let snapshot = Snapshot::build(
+                config,
+                version,
+                Some(&current),
+                &state.metrics,
+                &state.events,
+            );
             state.publish(snapshot);
             state
                 .metrics
                 .config_reloads_total
                 .with_label_values(&["success"])
                 .inc();
-            events::emit(
-                &state.metrics.events_total,
+            state.events.emit(
                 "config_reload",
                 source_name(state),
                 Severity::Info,
@@ -97,8 +102,7 @@ pub async fn reload(state: &State, trigger: &str) -> Result<Reloaded, ConfigErro
                 .config_reloads_total
                 .with_label_values(&["error"])
                 .inc();
-            events::emit(
-                &state.metrics.events_total,
+            state.events.emit(
                 "config_reload_failed",
                 source_name(state),
                 Severity::Warning,

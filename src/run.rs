@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, Overrides};
+use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::proxy::snapshot::Snapshot;
 use crate::state::{ConfigSource, State};
@@ -63,8 +64,19 @@ pub async fn start(
             listener.limits.clone(),
         ));
     }
-    let snapshot = Snapshot::build(config, 1, None, &metrics);
-    let state = State::new(snapshot, metrics, source, overrides);
+    let webhooks = config
+        .alerts
+        .webhooks
+        .iter()
+        .filter_map(|webhook| webhook.to_config())
+        .collect();
+    let events = EventBus::new(
+        crate::events::DEFAULT_CAPACITY,
+        metrics.events_total.clone(),
+        webhooks,
+    );
+    let snapshot = Snapshot::build(config, 1, None, &metrics, &events);
+    let state = State::new(snapshot, metrics, events, source, overrides);
     crate::admin::serve(state.clone(), admin);
     let listeners = bound
         .into_iter()

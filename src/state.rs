@@ -30,6 +30,8 @@ pub struct State {
     snapshot: ArcSwap<Snapshot>,
     /// All metric families.
     pub metrics: Metrics,
+    /// The event ring, live stream and webhooks.
+    pub events: Arc<crate::events::EventBus>,
     /// Where config comes from, and the CLI overrides to re-apply.
     pub source: ConfigSource,
     /// CLI flags applied over every load.
@@ -59,6 +61,7 @@ impl State {
     pub fn new(
         snapshot: Snapshot,
         metrics: Metrics,
+        events: Arc<crate::events::EventBus>,
         source: ConfigSource,
         overrides: Overrides,
     ) -> Arc<State> {
@@ -66,6 +69,7 @@ impl State {
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
+            events,
             source,
             overrides,
             draining: AtomicBool::new(false),

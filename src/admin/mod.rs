@@ -5,6 +5,8 @@
 //! | GET `/healthz`                     | 200 while the process is up                       |
 //! | GET `/readyz`                      | 200 when serving, 503 with the reason otherwise   |
 //! | GET `/metrics`                     | Prometheus text format                            |
+//! | GET `/events?since=&limit=`        | recent events from the ring (oldest first)        |
+//! | GET `/events/stream`               | live events as Server-Sent Events                 |
 //! | GET `/status`                      | listeners, routes and their policies, upstreams,  |
 //! |                                    | endpoints (health, ejections), config version     |
 //! | POST `/config/reload`              | reload the config (like SIGHUP); errors returned  |
@@ -26,10 +28,13 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{
     HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE,
 };
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -37,9 +42,9 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::events::{self, Severity};
+use crate::events::Severity;
 use crate::policy::breaker::Force;
-use crate::proxy::body::Body;
+use crate::proxy::body::{Body, BoxError};
 use crate::proxy::snapshot::Snapshot;
 use crate::state::State;
 
@@ -82,22 +87,66 @@ enum Access {
     Mutate,
 }
 
+/// Every admin response body: JSON and text, or the live event stream.
+type AdminBody = UnsyncBoxBody<Bytes, BoxError>;
+
 async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<AdminBody>, Infallible> {
+    if request.uri().path() == "/events/stream" && request.method() == Method::GET {
+        return Ok(event_stream(&state, &request));
+    }
+    let response = respond(state, request).await;
+    Ok(response.map(|body| body.boxed_unsync()))
+}
+
+/// `GET /events/stream`: Server-Sent Events, replaying from `?since=` or
+/// `Last-Event-ID` when given, then live.
+fn event_stream(state: &State, request: &Request<Incoming>) -> Response<AdminBody> {
+    let since = query_u64(request, "since").or_else(|| {
+        request
+            .headers()
+            .get("last-event-id")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|id| id.parse().ok())
+    });
+    let body = crate::events::sse_body(&state.events, since)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
+/// A numeric query parameter.
+fn query_u64(request: &Request<Incoming>, name: &str) -> Option<u64> {
+    request.uri().query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| value.parse().ok()).flatten()
+    })
+}
+
+async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let (access, allowed) = match path.as_str() {
-        "/healthz" | "/readyz" | "/metrics" | "/status" => (Access::Read, Method::GET),
+        "/healthz" | "/readyz" | "/metrics" | "/status" | "/events" | "/events/stream" => {
+            (Access::Read, Method::GET)
+        }
         "/config/reload" | "/breakers/reset" => (Access::Mutate, Method::POST),
         _ if breaker_action(&path).is_some() || upstream_action(&path).is_some() => {
             (Access::Mutate, Method::POST)
         }
         _ => {
-            return Ok(json_response(
+            return json_response(
                 StatusCode::NOT_FOUND,
                 &json!({"error": "not found", "path": path}),
-            ))
+            )
         }
     };
     let method_ok =
@@ -111,11 +160,11 @@ async fn handle(
             ALLOW,
             HeaderValue::from_str(allowed.as_str()).unwrap_or(HeaderValue::from_static("GET")),
         );
-        return Ok(response);
+        return response;
     }
     if access == Access::Mutate {
         if let Some(refusal) = refuse_mutation(&state, &request) {
-            return Ok(refusal);
+            return refusal;
         }
     }
     let response = match path.as_str() {
@@ -131,6 +180,14 @@ async fn handle(
             response
         }
         "/status" => json_response(StatusCode::OK, &status(&state)),
+        "/events" => {
+            let limit = query_u64(&request, "limit").map_or(100, |limit| limit.min(1000) as usize);
+            let events = state.events.since(query_u64(&request, "since"), limit);
+            json_response(
+                StatusCode::OK,
+                &json!({"latest_id": state.events.latest_id(), "events": events}),
+            )
+        }
         "/config/reload" => match crate::reload::reload(&state, "admin").await {
             Ok(reloaded) => json_response(
                 StatusCode::OK,
@@ -165,7 +222,7 @@ async fn handle(
             (None, None) => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
         },
     };
-    Ok(response)
+    response
 }
 
 /// The token and cross-site rules for mutating calls; `Some` is the refusal.
@@ -264,7 +321,7 @@ fn act_on_upstream(state: &State, name: &str, action: &str) -> Response<Body> {
             &json!({"error": format!("no upstream named {name:?}"), "upstreams": known}),
         );
     };
-    let events_total = &state.metrics.events_total;
+    let events = &state.events;
     match action {
         "failover" if pool.backup().is_empty() => json_response(
             StatusCode::CONFLICT,
@@ -273,8 +330,7 @@ fn act_on_upstream(state: &State, name: &str, action: &str) -> Response<Body> {
         "failover" | "failback" => {
             let failed_over = action == "failover";
             if pool.set_failed_over(failed_over) {
-                events::emit(
-                    events_total,
+                events.emit(
                     if failed_over { "failover" } else { "failback" },
                     name,
                     Severity::Warning,
@@ -357,6 +413,11 @@ fn refresh_gauges(state: &State) {
                 .with_label_values(&[&*route.name])
                 .set(bulkhead.queued() as i64);
         }
+    }
+    let dropped = state.events.webhook_dropped();
+    let counted = metrics.webhook_dropped.get();
+    if dropped > counted {
+        metrics.webhook_dropped.inc_by(dropped - counted);
     }
     for pool in &snapshot.upstreams {
         for (index, endpoint) in pool.endpoints().iter().enumerate() {

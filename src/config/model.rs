@@ -51,6 +51,73 @@ pub struct Config {
     pub supervisor: Supervisor,
     /// The memory watermark ladder.
     pub overload: Overload,
+    /// Where events are sent.
+    pub alerts: Alerts,
+}
+
+/// `alerts:` (SPEC §5.6).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Alerts {
+    /// Each receives every event at or above its `min_severity`.
+    pub webhooks: Vec<Webhook>,
+}
+
+/// `alerts.webhooks[]:`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Webhook {
+    /// `http://host:port/path`. Never printed: a Slack URL is a secret.
+    pub url: Secret,
+    /// `json` (the event) or `slack` (`{"text": …}`). Default json.
+    pub format: String,
+    /// `info`, `warning` (default) or `critical`.
+    pub min_severity: String,
+}
+
+impl Webhook {
+    /// The events module's validated webhook, if this one is valid.
+    pub fn to_config(&self) -> Option<crate::events::WebhookConfig> {
+        let format = crate::events::WebhookFormat::from_name(&self.format)?;
+        let severity = crate::events::Severity::from_name(&self.min_severity)?;
+        crate::events::WebhookConfig::new(self.url.0.clone(), format, severity).ok()
+    }
+}
+
+impl Decode for Webhook {
+    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
+        let mut fields = Fields::new(cx, node)?;
+        let url: Option<String> = fields.req(cx, "url");
+        let format: String = fields.or(cx, "format", "json".to_owned());
+        if crate::events::WebhookFormat::from_name(&format).is_none() {
+            cx.error_at(
+                "format",
+                fields.key_line("format"),
+                format!("expected json or slack, found {format:?}"),
+            );
+        }
+        let min_severity: String = fields.or(cx, "min_severity", "warning".to_owned());
+        if crate::events::Severity::from_name(&min_severity).is_none() {
+            cx.error_at(
+                "min_severity",
+                fields.key_line("min_severity"),
+                format!("expected info, warning or critical, found {min_severity:?}"),
+            );
+        }
+        if let Some(url) = &url {
+            if let Err(error) = crate::events::WebhookConfig::new(
+                url.clone(),
+                crate::events::WebhookFormat::Json,
+                crate::events::Severity::Info,
+            ) {
+                cx.error_at("url", fields.key_line("url"), error.to_string());
+            }
+        }
+        let complete = fields.finish(cx, &["url", "format", "min_severity"], &["headers"]);
+        complete.then_some(Webhook {
+            url: Secret(url?),
+            format,
+            min_severity,
+        })
+    }
 }
 
 /// `overload:` (SPEC §11).
@@ -370,8 +437,9 @@ const ROOT_KEYS: &[&str] = &[
     "upstreams",
     "supervisor",
     "overload",
+    "alerts",
 ];
-const ROOT_LATER: &[&str] = &["degradation", "alerts", "config_rollback"];
+const ROOT_LATER: &[&str] = &["degradation", "config_rollback"];
 
 impl Decode for Config {
     fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
@@ -411,6 +479,13 @@ impl Decode for Config {
                 .finish(cx, &["memory"], &[])
                 .then_some(Overload { memory })
         });
+        let alerts = fields.opt_with(cx, "alerts", |cx, node| {
+            let mut fields = Fields::new(cx, node)?;
+            let webhooks = fields.opt(cx, "webhooks").unwrap_or_default();
+            fields
+                .finish(cx, &["webhooks"], &[])
+                .then_some(Alerts { webhooks })
+        });
         let complete = fields.finish(cx, ROOT_KEYS, ROOT_LATER);
         let config = Config {
             runtime: runtime.unwrap_or(Runtime { threads: None }),
@@ -422,6 +497,7 @@ impl Decode for Config {
             listeners: listeners?,
             upstreams: upstreams?,
             supervisor: supervisor.unwrap_or_default(),
+            alerts: alerts.unwrap_or_default(),
             overload: overload.unwrap_or(Overload {
                 memory: ByteSize(256 << 20),
             }),

@@ -96,13 +96,9 @@ impl Severity {
     }
 }
 
-/// Records an event in the log and in `events_total` only: `kind` is from a
-/// fixed set (e.g. `config_reload`), `subject` names what it is about (a
-/// route, an upstream, a file). `events_total` is `Metrics::events_total`.
-///
-/// Callers holding an `Arc<EventBus>` use [`EventBus::emit`] instead, which
-/// does this and also keeps, streams and forwards the event.
-pub fn emit(
+/// Writes an event to the log and counts it in `events_total`; the part of
+/// [`EventBus::emit`] that every event gets.
+fn log_and_count(
     events_total: &IntCounterVec,
     kind: &'static str,
     subject: &str,
@@ -225,7 +221,7 @@ impl EventBus {
     ///
     /// Never blocks on I/O and never awaits: safe on the data plane.
     pub fn emit(&self, kind: &'static str, subject: &str, severity: Severity, detail: &str) -> u64 {
-        emit(&self.events_total, kind, subject, severity, detail);
+        log_and_count(&self.events_total, kind, subject, severity, detail);
         let time = rfc3339::now();
         let subject = subject.to_owned();
         let detail = detail.to_owned();

@@ -11,17 +11,16 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use prometheus::IntCounterVec;
 use tokio::process::Command;
 
 use super::forward::UpstreamPool;
 use crate::config::policy::{HealthCheck, Probe};
-use crate::events::{self, Severity};
+use crate::events::{EventBus, Severity};
 use crate::policy::health::{HealthChange, HealthTracker};
 
 /// Starts the checks of `pool`, if it has a `health_check` and a runtime
 /// is running.
-pub fn spawn(pool: &Arc<UpstreamPool>, events_total: &IntCounterVec) {
+pub fn spawn(pool: &Arc<UpstreamPool>, events: &Arc<EventBus>) {
     let Some(check) = pool.config.health_check.clone() else {
         return;
     };
@@ -33,7 +32,7 @@ pub fn spawn(pool: &Arc<UpstreamPool>, events_total: &IntCounterVec) {
             Arc::downgrade(pool),
             index,
             check.clone(),
-            events_total.clone(),
+            events.clone(),
         ));
     }
 }
@@ -42,7 +41,7 @@ async fn check_endpoint(
     pool: Weak<UpstreamPool>,
     index: usize,
     check: HealthCheck,
-    events_total: IntCounterVec,
+    events: Arc<EventBus>,
 ) {
     let mut tracker = HealthTracker::new(check.unhealthy_threshold, check.healthy_threshold);
     let mut ticks = tokio::time::interval(check.interval);
@@ -57,8 +56,7 @@ async fn check_endpoint(
         if let Some(change) = tracker.record(passed) {
             let healthy = change == HealthChange::BecameHealthy;
             endpoint.healthy.store(healthy, Ordering::Relaxed);
-            events::emit(
-                &events_total,
+            events.emit(
                 "health",
                 endpoint.authority.as_str(),
                 if healthy {

@@ -26,7 +26,7 @@ use tower::{Layer, Service};
 
 use super::body::Body;
 use super::reject::{Rejection, StackError};
-use crate::events::{self, Severity};
+use crate::events::{EventBus, Severity};
 use crate::policy::breaker::{Breaker, BreakerTicket, CallResult, Transition};
 use crate::policy::bulkhead::{Bulkhead, Shed};
 use crate::policy::rate_limit::RateLimiter;
@@ -40,8 +40,8 @@ pub struct RouteReport {
     pub transitions: IntCounterVec,
     /// `breakwater_shed_total{route,reason}`.
     pub shed: IntCounterVec,
-    /// `breakwater_events_total{kind}`.
-    pub events: IntCounterVec,
+    /// Where events go.
+    pub events: Arc<EventBus>,
     /// `breakwater_retries_total{route}`.
     pub retries: IntCounter,
     /// `breakwater_retry_budget_exhausted_total`.
@@ -58,8 +58,7 @@ impl RouteReport {
             "open" | "forced_open" => Severity::Warning,
             _ => Severity::Info,
         };
-        events::emit(
-            &self.events,
+        self.events.emit(
             "breaker",
             &self.route,
             severity,

@@ -26,6 +26,7 @@ use super::timeout::{RequestTimeout, RequestTimeoutLayer};
 use super::upstream::{CallPlan, RetryPlan, UpstreamCall};
 use crate::config::policy::{BreakerWindow, CircuitBreaker};
 use crate::config::{Config, Limits, Route};
+use crate::events::EventBus;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::backoff::Backoff;
 use crate::policy::breaker::{Breaker, BreakerConfig};
@@ -104,6 +105,7 @@ impl Snapshot {
         version: u64,
         previous: Option<&Snapshot>,
         metrics: &Metrics,
+        events: &Arc<EventBus>,
     ) -> Snapshot {
         let now = Instant::now();
         let upstreams: Vec<Arc<UpstreamPool>> = config
@@ -120,7 +122,7 @@ impl Snapshot {
                     .cloned()
                     .unwrap_or_else(|| {
                         let pool = Arc::new(UpstreamPool::new(upstream));
-                        super::health::spawn(&pool, &metrics.events_total);
+                        super::health::spawn(&pool, events);
                         pool
                     })
             })
@@ -139,7 +141,7 @@ impl Snapshot {
                             .position(|u| u.name == route.upstream)?;
                         let upstream = upstreams.get(position)?.clone();
                         let old = previous.and_then(|previous| previous.route(&route.name));
-                        Some(RoutePlan::build(route, upstream, old, metrics, now))
+                        Some(RoutePlan::build(route, upstream, old, metrics, events, now))
                     })
                     .collect();
                 let matchers = routes
@@ -208,6 +210,7 @@ impl RoutePlan {
         upstream: Arc<UpstreamPool>,
         old: Option<&RoutePlan>,
         metrics: &Metrics,
+        events: &Arc<EventBus>,
         now: Instant,
     ) -> RoutePlan {
         let name: Arc<str> = Arc::from(route.name.as_str());
@@ -267,7 +270,7 @@ impl RoutePlan {
             failure_statuses: breaker_settings.failure_statuses.clone(),
             slow_call_duration: breaker_settings.slow_call_duration,
         });
-        let report = Arc::new(metrics.route_report(&route.name));
+        let report = Arc::new(metrics.route_report(&route.name, events.clone()));
         let retry_plan = retry_budget.clone().and_then(|budget| {
             Some(RetryPlan {
                 attempts: retry.attempts,

@@ -28,7 +28,7 @@ use super::forward::UpstreamPool;
 use super::layers::RouteReport;
 use super::outcome::UpstreamError;
 use super::reject::StackError;
-use crate::events::{self, Severity};
+use crate::events::Severity;
 use crate::policy::backoff::Backoff;
 use crate::policy::retry::{may_retry, RetryOn, TryOutcome};
 use crate::policy::retry_budget::RetryBudget;
@@ -204,8 +204,7 @@ async fn try_once(
             .get(index)
             .map(|e| e.authority.as_str())
             .unwrap_or("?");
-        events::emit(
-            &plan.report.events,
+        plan.report.events.emit(
             "ejection",
             endpoint,
             Severity::Warning,

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{Config, Process};
-use crate::events::{self, Severity};
+use crate::events::Severity;
 use crate::state::State;
 use process::{ProcessSpec, Running};
 use restart::{Decision, Exit, RestartPolicy, RestartSettings, RestartTracker};
@@ -193,13 +193,12 @@ impl Task {
         let mut stop = self.supervisor.stop.subscribe();
         let mut restart = self.supervisor.restart.subscribe();
         self.supervisor.set_ready(&self.state, false);
-        let events_total = &self.state.metrics.events_total;
+        let events = &self.state.events;
         loop {
             let mut running = match process::spawn(&spec, &self.name) {
                 Ok(running) => running,
                 Err(error) => {
-                    events::emit(
-                        events_total,
+                    events.emit(
                         "process_start_failed",
                         &self.name,
                         Severity::Critical,
@@ -218,8 +217,7 @@ impl Task {
                 status.started_at = Some(started);
                 status.next_start_at = None;
             });
-            events::emit(
-                events_total,
+            events.emit(
                 "process_start",
                 &self.name,
                 Severity::Info,
@@ -232,7 +230,7 @@ impl Task {
                     self.supervisor.set_ready(&self.state, false);
                     let exit = running.stop(stop_signal, self.process.stop_grace).await;
                     self.state.metrics.supervisor_restarts.with_label_values(&["admin"]).inc();
-                    events::emit(events_total, "process_restart", &self.name, Severity::Warning, &format!("pid {pid}: restarted by an operator ({})", describe(exit)));
+                    events.emit("process_restart", &self.name, Severity::Warning, &format!("pid {pid}: restarted by an operator ({})", describe(exit)));
                     self.supervisor.update(|status| {
                         status.restarts += 1;
                         status.last_exit = Some(describe(exit));
@@ -242,7 +240,7 @@ impl Task {
                 _ = stopped(&mut stop) => {
                     self.supervisor.set_ready(&self.state, false);
                     let exit = running.stop(stop_signal, self.process.stop_grace).await;
-                    events::emit(events_total, "process_stop", &self.name, Severity::Info, &format!("pid {pid}: {}", describe(exit)));
+                    events.emit("process_stop", &self.name, Severity::Info, &format!("pid {pid}: {}", describe(exit)));
                     self.supervisor.update(|status| {
                         status.state = "stopped";
                         status.pid = None;
@@ -272,8 +270,7 @@ impl Task {
                         .supervisor_restarts
                         .with_label_values(&[reason])
                         .inc();
-                    events::emit(
-                        events_total,
+                    events.emit(
                         "process_exit",
                         &self.name,
                         Severity::Warning,
@@ -293,8 +290,7 @@ impl Task {
                     }
                 }
                 Decision::Stop => {
-                    events::emit(
-                        events_total,
+                    events.emit(
                         "process_exit",
                         &self.name,
                         Severity::Warning,
@@ -308,8 +304,7 @@ impl Task {
                     break;
                 }
                 Decision::Escalate { restarts } => {
-                    events::emit(
-                        events_total,
+                    events.emit(
                         "escalation",
                         &self.name,
                         Severity::Critical,
@@ -349,9 +344,9 @@ impl Task {
                 if ready {
                     self.supervisor.set_ready(&self.state, true);
                     self.supervisor.update(|status| status.state = "running");
-                    events::emit(&self.state.metrics.events_total, "process_ready", &self.name, Severity::Info, &format!("pid {pid}"));
+                    self.state.events.emit("process_ready", &self.name, Severity::Info, &format!("pid {pid}"));
                 } else {
-                    events::emit(&self.state.metrics.events_total, "startup_timeout", &self.name, Severity::Warning, &format!("pid {pid} did not accept connections within {:?}", self.startup_timeout));
+                    self.state.events.emit("startup_timeout", &self.name, Severity::Warning, &format!("pid {pid} did not accept connections within {:?}", self.startup_timeout));
                 }
             }
         }

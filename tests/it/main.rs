@@ -7,6 +7,7 @@
 
 mod admin;
 mod cli;
+mod events;
 mod hardening;
 mod lifecycle;
 mod policies;
