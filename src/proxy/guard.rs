@@ -202,6 +202,9 @@ impl AsyncRead for GuardedStream {
                 let phase = this.framer.phase();
                 match this.framer.feed(fresh) {
                     Ok(()) => {
+                        if this.framer.phase() == Phase::Passthrough && this.framer.n_heads > 0 {
+                            this.context.framing_stopped.store(true, std::sync::atomic::Ordering::Release);
+                        }
                         this.update_deadline(phase);
                         Poll::Ready(Ok(()))
                     }

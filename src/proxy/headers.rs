@@ -53,16 +53,15 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         && headers
             .get_all(header::CONNECTION)
             .iter()
-            .any(|value| tokens(value).any(|token| token.eq_ignore_ascii_case("upgrade")))
+            .any(|value| tokens(value).any(|token| token.eq_ignore_ascii_case(b"upgrade")))
 }
 
-fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
-    value
-        .to_str()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
+/// The comma-separated tokens of a header value, as bytes. Never via
+/// `to_str`, which fails on any byte ≥ 0x80: a value like
+/// `upgrade, \xa8` must read the same here as in the framing guard, or
+/// the two disagree about what the connection is (found by fuzzing).
+fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value.as_bytes().split(|&b| b == b',').map(|token| token.trim_ascii()).filter(|token| !token.is_empty())
 }
 
 /// Removes hop-by-hop headers and those named in `connection:`. When
@@ -72,7 +71,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         for token in tokens(value) {
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if let Ok(name) = HeaderName::from_bytes(token) {
                 named.push(name);
             }
         }
@@ -88,11 +87,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    // `te` is hop-by-hop too, but `te: trailers` must reach a gRPC upstream.
-    if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(header::TE);
-        }
+    // `te` is hop-by-hop too, but `te: trailers` must reach a gRPC upstream:
+    // every value goes, and `trailers` alone comes back if it was asked for.
+    let wants_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|value| tokens(value).any(|token| token.eq_ignore_ascii_case(b"trailers")));
+    if headers.remove(header::TE).is_some() && wants_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if let Some(upgrade) = upgrade {
         headers.insert(header::UPGRADE, upgrade);
@@ -279,5 +281,42 @@ mod tests {
         let fresh = new_request_id();
         assert_eq!(fresh.len(), 36);
         assert_ne!(fresh, new_request_id());
+    }
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    fn map(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_bytes(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn obs_text_in_connection_does_not_hide_an_upgrade() {
+        let headers = map(&[("upgrade", b"websocket"), ("connection", b"upgrade, \xa8")]);
+        assert!(is_upgrade(&headers));
+    }
+
+    #[test]
+    fn obs_text_in_connection_does_not_save_named_headers() {
+        let mut headers = map(&[("connection", b"\xa6,et"), ("et", b"x")]);
+        strip_hop_by_hop(&mut headers, false);
+        assert!(headers.get("et").is_none());
+    }
+
+    #[test]
+    fn every_te_value_is_considered() {
+        let mut headers = map(&[("te", b"trailers"), ("te", b"gzip")]);
+        strip_hop_by_hop(&mut headers, false);
+        let values: Vec<&HeaderValue> = headers.get_all(header::TE).iter().collect();
+        assert_eq!(values, [&HeaderValue::from_static("trailers")]);
+        let mut only_gzip = map(&[("te", b"gzip")]);
+        strip_hop_by_hop(&mut only_gzip, false);
+        assert!(only_gzip.get(header::TE).is_none());
     }
 }

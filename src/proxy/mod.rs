@@ -118,6 +118,7 @@ pub fn serve_listener(
                 peer,
                 proto: "http",
                 activity: Activity::default(),
+                framing_stopped: std::sync::atomic::AtomicBool::new(false),
             });
             tokio::spawn(serve_connection(
                 context,

@@ -44,6 +44,10 @@ pub struct ConnContext {
     pub proto: &'static str,
     /// Request activity, read by the idle-timeout watcher.
     pub activity: Activity,
+    /// Set by the guard when it stopped framing this HTTP/1 connection
+    /// after an upgrade request: unless the upgrade happens, the
+    /// connection must close after the response.
+    pub framing_stopped: std::sync::atomic::AtomicBool,
 }
 
 /// Counts requests on one connection so an idle one can be closed.
@@ -118,7 +122,8 @@ pub async fn handle(
     // Past the first overload watermark, HTTP/1 connections close after
     // each response so idle clients give their buffers back.
     let stop_keep_alive = context.state.overload.level() >= Level::StopKeepAlive;
-    let refused_upgrade = http1_upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS;
+    let unframed = http1_upgrade || context.framing_stopped.load(Ordering::Acquire);
+    let refused_upgrade = unframed && response.status() != StatusCode::SWITCHING_PROTOCOLS;
     if http1 && (stop_keep_alive || refused_upgrade) {
         response
             .headers_mut()
