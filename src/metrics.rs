@@ -57,6 +57,10 @@ pub struct Metrics {
     pub supervisor_restarts: IntCounterVec,
     /// `breakwater_webhook_dropped_total`: events dropped from a full webhook queue.
     pub webhook_dropped: IntCounter,
+    /// `breakwater_recovery_attempts_total{action,result}`.
+    pub recovery_attempts: IntCounterVec,
+    /// `breakwater_recovery_duration_seconds{action}`: how long an action took.
+    pub recovery_duration: HistogramVec,
 }
 
 /// Handles for one route, resolved when a snapshot is built.
@@ -203,6 +207,22 @@ impl Metrics {
             .namespace("breakwater"),
         )?;
         registry.register(Box::new(retry_budget_exhausted.clone()))?;
+        let recovery_attempts = counter(
+            "recovery_attempts_total",
+            "Recovery ladder actions by action and result.",
+            &["action", "result"],
+        )?;
+        let recovery_duration = {
+            let opts = HistogramOpts::new(
+                "recovery_duration_seconds",
+                "Time each recovery action took, by action.",
+            )
+            .namespace("breakwater")
+            .buckets(LATENCY_BUCKETS.to_vec());
+            let vec = HistogramVec::new(opts, &["action"])?;
+            registry.register(Box::new(vec.clone()))?;
+            vec
+        };
         let webhook_dropped = IntCounter::with_opts(
             Opts::new(
                 "webhook_dropped_total",
@@ -234,6 +254,8 @@ impl Metrics {
             endpoint_healthy,
             supervisor_restarts,
             webhook_dropped,
+            recovery_attempts,
+            recovery_duration,
             registry,
             requests_total,
             request_duration,

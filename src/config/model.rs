@@ -425,7 +425,9 @@ pub enum Protocol {
     Auto,
 }
 
-pub use super::supervisor::{CrashLoop, Process, RestartBackoff, Supervisor};
+pub use super::supervisor::{
+    CrashLoop, LogPattern, Process, Recovery, RestartBackoff, Supervisor, Triggers,
+};
 
 // === impl Decode ===
 

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::decode::{one_of, parse_with, Cx, Decode, Fields};
+use super::decode::{one_of, parse_with, ByteSize, Cx, Decode, Fields};
 use super::yaml::{Node, Value};
+use crate::supervisor::ladder::Action;
 use crate::supervisor::restart::RestartPolicy;
 
 fn ser_duration<S: serde::Serializer>(
@@ -33,6 +34,177 @@ pub struct Supervisor {
     /// Default 60s.
     #[serde(serialize_with = "ser_duration")]
     pub startup_timeout: Duration,
+    /// Sustained-failure triggers besides the process exiting.
+    pub triggers: Triggers,
+    /// What to try when a trigger fires.
+    pub recovery: Recovery,
+}
+
+/// `supervisor.triggers:` — the health check failing (`unhealthy_threshold`
+/// in a row), RSS over `memory_limit` and log patterns are always on when
+/// configured; these add traffic-based ones.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Triggers {
+    /// A breaker of a route to this upstream open longer than this. Default 30s.
+    #[serde(serialize_with = "ser_duration")]
+    pub breaker_open_for: Duration,
+}
+
+/// `supervisor.recovery:` (SPEC §5.3).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recovery {
+    /// Rungs in order. Default [restart, failover, escalate].
+    pub ladder: Vec<Action>,
+    /// Attempts per rung before climbing. Default 3.
+    pub max_attempts: u32,
+    /// Least time between attempts. Default 30s.
+    #[serde(serialize_with = "ser_duration")]
+    pub cooldown: Duration,
+    /// Healthy this long and the ladder resets (and a ladder failover
+    /// fails back). Default 60s.
+    #[serde(serialize_with = "ser_duration")]
+    pub stable_for: Duration,
+    /// The command the `exec` rung runs; its exit status is the result.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exec: Vec<String>,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            ladder: vec![Action::Restart, Action::Failover, Action::Escalate],
+            max_attempts: 3,
+            cooldown: Duration::from_secs(30),
+            stable_for: Duration::from_secs(60),
+            exec: Vec::new(),
+        }
+    }
+}
+
+fn decode_action(cx: &mut Cx, node: &Node) -> Option<Action> {
+    one_of(
+        cx,
+        node,
+        &[
+            ("restart", Action::Restart),
+            ("failover", Action::Failover),
+            ("exec", Action::Exec),
+            ("escalate", Action::Escalate),
+        ],
+    )
+}
+
+impl Decode for Recovery {
+    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
+        let mut fields = Fields::new(cx, node)?;
+        let d = Recovery::default();
+        let ladder = fields
+            .opt_with(cx, "ladder", |cx, node| {
+                let Value::Seq(items) = &node.value else {
+                    cx.expected(node, "a list of restart, failover, exec, escalate");
+                    return None;
+                };
+                let actions: Vec<Option<Action>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| cx.at_index(i, |cx| decode_action(cx, item)))
+                    .collect();
+                actions.into_iter().collect::<Option<Vec<Action>>>()
+            })
+            .unwrap_or(d.ladder);
+        if ladder.is_empty() {
+            cx.error_at(
+                "ladder",
+                fields.key_line("ladder"),
+                "needs at least one rung",
+            );
+        }
+        let max_attempts: u32 = fields.or(cx, "max_attempts", d.max_attempts);
+        if max_attempts == 0 {
+            cx.error_at(
+                "max_attempts",
+                fields.key_line("max_attempts"),
+                "must be at least 1",
+            );
+        }
+        let cooldown = fields.or(cx, "cooldown", d.cooldown);
+        let stable_for = fields.or(cx, "stable_for", d.stable_for);
+        let exec: Vec<String> = fields.opt(cx, "exec").unwrap_or_default();
+        if ladder.contains(&Action::Exec) && exec.is_empty() {
+            cx.error_at(
+                "exec",
+                fields.key_line("ladder"),
+                "the ladder has an exec rung: give the command as recovery.exec",
+            );
+        }
+        fields
+            .finish(
+                cx,
+                &["ladder", "max_attempts", "cooldown", "stable_for", "exec"],
+                &[],
+            )
+            .then_some(Recovery {
+                ladder,
+                max_attempts,
+                cooldown,
+                stable_for,
+                exec,
+            })
+    }
+}
+
+/// `supervisor.process.log_patterns[]:`
+#[derive(Debug, Clone, Serialize)]
+pub struct LogPattern {
+    /// A `regex` crate pattern (linear time), matched against each line.
+    #[serde(rename = "regex")]
+    pub source: String,
+    /// What a match does: restart, failover, exec or escalate.
+    pub action: Action,
+    #[serde(skip)]
+    regex: Option<regex::Regex>,
+}
+
+impl PartialEq for LogPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source && self.action == other.action
+    }
+}
+
+impl LogPattern {
+    /// The compiled pattern.
+    pub fn regex(&self) -> Option<&regex::Regex> {
+        self.regex.as_ref()
+    }
+}
+
+impl Decode for LogPattern {
+    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
+        let mut fields = Fields::new(cx, node)?;
+        let source: Option<String> = fields.req(cx, "regex");
+        let regex = source.as_deref().and_then(|source| {
+            match regex::RegexBuilder::new(source).size_limit(1 << 20).build() {
+                Ok(regex) => Some(regex),
+                Err(error) => {
+                    cx.error_at(
+                        "regex",
+                        fields.key_line("regex"),
+                        format!("invalid pattern: {error}"),
+                    );
+                    None
+                }
+            }
+        });
+        let action = fields
+            .opt_with(cx, "action", decode_action)
+            .unwrap_or(Action::Restart);
+        let complete = fields.finish(cx, &["regex", "action"], &[]);
+        complete.then_some(LogPattern {
+            source: source?,
+            action,
+            regex: Some(regex?),
+        })
+    }
 }
 
 impl Default for Supervisor {
@@ -42,6 +214,10 @@ impl Default for Supervisor {
             upstream: None,
             process: None,
             startup_timeout: Duration::from_secs(60),
+            triggers: Triggers {
+                breaker_open_for: Duration::from_secs(30),
+            },
+            recovery: Recovery::default(),
         }
     }
 }
@@ -70,6 +246,12 @@ pub struct Process {
     pub backoff: RestartBackoff,
     /// When restarting is a crash loop.
     pub crash_loop: CrashLoop,
+    /// The process's resident memory limit: above it is a trigger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<ByteSize>,
+    /// Log lines that act.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub log_patterns: Vec<LogPattern>,
 }
 
 fn ser_env<S: serde::Serializer>(
@@ -131,13 +313,13 @@ impl Process {
                 max_restarts: 5,
                 window: Duration::from_secs(60),
             },
+            memory_limit: None,
+            log_patterns: Vec::new(),
         })
     }
 }
 
 const LATER: &[&str] = &[
-    "triggers",
-    "recovery",
     "failback",
     "dependencies",
     "hold",
@@ -154,6 +336,16 @@ impl Decode for Supervisor {
         let upstream = fields.opt(cx, "upstream");
         let process = fields.opt(cx, "process");
         let startup_timeout: Duration = fields.or(cx, "startup_timeout", d.startup_timeout);
+        let triggers = fields
+            .opt_with(cx, "triggers", |cx, node| {
+                let mut fields = Fields::new(cx, node)?;
+                let breaker_open_for = fields.or(cx, "breaker_open_for", Duration::from_secs(30));
+                fields
+                    .finish(cx, &["breaker_open_for"], &["error_rate"])
+                    .then_some(Triggers { breaker_open_for })
+            })
+            .unwrap_or(d.triggers);
+        let recovery = fields.opt(cx, "recovery").unwrap_or(d.recovery);
         if startup_timeout.is_zero() {
             cx.error_at(
                 "startup_timeout",
@@ -164,7 +356,14 @@ impl Decode for Supervisor {
         fields
             .finish(
                 cx,
-                &["drain_timeout", "upstream", "process", "startup_timeout"],
+                &[
+                    "drain_timeout",
+                    "upstream",
+                    "process",
+                    "startup_timeout",
+                    "triggers",
+                    "recovery",
+                ],
                 LATER,
             )
             .then_some(Supervisor {
@@ -172,6 +371,8 @@ impl Decode for Supervisor {
                 upstream,
                 process,
                 startup_timeout,
+                triggers,
+                recovery,
             })
     }
 }
@@ -265,6 +466,8 @@ impl Decode for Process {
                     })
             })
             .unwrap_or(defaults.crash_loop);
+        let memory_limit: Option<ByteSize> = fields.opt(cx, "memory_limit");
+        let log_patterns = fields.opt(cx, "log_patterns").unwrap_or_default();
         let complete = fields.finish(
             cx,
             &[
@@ -277,8 +480,10 @@ impl Decode for Process {
                 "stop_grace",
                 "backoff",
                 "crash_loop",
+                "memory_limit",
+                "log_patterns",
             ],
-            &["memory_limit", "log_patterns"],
+            &[],
         );
         let process = Process {
             command: command?,
@@ -290,6 +495,8 @@ impl Decode for Process {
             stop_grace,
             backoff,
             crash_loop,
+            memory_limit,
+            log_patterns,
         };
         complete.then_some(process)
     }

@@ -203,7 +203,9 @@ impl AsyncRead for GuardedStream {
                 match this.framer.feed(fresh) {
                     Ok(()) => {
                         if this.framer.phase() == Phase::Passthrough && this.framer.n_heads > 0 {
-                            this.context.framing_stopped.store(true, std::sync::atomic::Ordering::Release);
+                            this.context
+                                .framing_stopped
+                                .store(true, std::sync::atomic::Ordering::Release);
                         }
                         this.update_deadline(phase);
                         Poll::Ready(Ok(()))

@@ -61,7 +61,11 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// `upgrade, \xa8` must read the same here as in the framing guard, or
 /// the two disagree about what the connection is (found by fuzzing).
 fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value.as_bytes().split(|&b| b == b',').map(|token| token.trim_ascii()).filter(|token| !token.is_empty())
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(|token| token.trim_ascii())
+        .filter(|token| !token.is_empty())
 }
 
 /// Removes hop-by-hop headers and those named in `connection:`. When
@@ -291,7 +295,10 @@ mod fuzz_regressions {
     fn map(pairs: &[(&str, &[u8])]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
-            headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_bytes(value).unwrap());
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
         }
         headers
     }

@@ -10,6 +10,7 @@
 //! `/status`. Recovery ladders, failover and the other triggers of SPEC
 //! §5.2–5.4 build on this in a later part.
 
+pub mod ladder;
 pub mod process;
 pub mod restart;
 
@@ -21,9 +22,14 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{Config, Process};
+use tokio::sync::mpsc;
+
+use crate::config::{Config, Process, Recovery, Triggers};
 use crate::events::Severity;
+use crate::policy::breaker::BreakerState;
 use crate::state::State;
+use ladder::{Action, Ladder, LadderConfig};
+use process::LogWatch;
 use process::{ProcessSpec, Running};
 use restart::{Decision, Exit, RestartPolicy, RestartSettings, RestartTracker};
 
@@ -42,6 +48,12 @@ pub struct Status {
     pub uptime_seconds: Option<f64>,
     /// Seconds until the next start, while backing off.
     pub next_start_in_seconds: Option<f64>,
+    /// Recovery actions taken (restarts by trigger, failovers, execs).
+    pub recovery_attempts: u64,
+    /// The last rung the recovery ladder used.
+    pub ladder_rung: Option<Action>,
+    /// Whether the ladder (not an operator) failed the upstream over.
+    pub failed_over_by_ladder: bool,
     #[serde(skip)]
     started_at: Option<Instant>,
     #[serde(skip)]
@@ -57,6 +69,9 @@ impl Status {
             last_exit: None,
             uptime_seconds: None,
             next_start_in_seconds: None,
+            recovery_attempts: 0,
+            ladder_rung: None,
+            failed_over_by_ladder: false,
             started_at: None,
             next_start_at: None,
         }
@@ -103,6 +118,8 @@ impl Supervisor {
             name: upstream_name,
             probe_address,
             startup_timeout: config.supervisor.startup_timeout,
+            triggers: config.supervisor.triggers.clone(),
+            recovery: config.supervisor.recovery.clone(),
         };
         tokio::spawn(task.run());
         Some(supervisor)
@@ -169,7 +186,22 @@ struct Task {
     name: String,
     probe_address: String,
     startup_timeout: Duration,
+    triggers: Triggers,
+    recovery: Recovery,
 }
+
+/// How one run of the process ended.
+enum Ended {
+    /// It exited by itself.
+    Exited(Exit),
+    /// It is to be restarted now (a trigger or an operator), for `reason`.
+    Restart(&'static str),
+    /// breakwater is shutting down.
+    Stop,
+}
+
+/// How often the triggers are sampled while the process runs.
+const MONITOR_EVERY: Duration = Duration::from_millis(250);
 
 impl Task {
     async fn run(self) {
@@ -190,12 +222,31 @@ impl Task {
         };
         let stop_signal = process::parse_signal(&self.process.stop_signal).unwrap_or(libc::SIGTERM);
         let mut tracker = RestartTracker::new(settings);
-        let mut stop = self.supervisor.stop.subscribe();
-        let mut restart = self.supervisor.restart.subscribe();
-        self.supervisor.set_ready(&self.state, false);
+        let mut ladder = Ladder::new(LadderConfig {
+            ladder: self.recovery.ladder.clone(),
+            max_attempts: self.recovery.max_attempts,
+            cooldown: self.recovery.cooldown,
+            stable_for: self.recovery.stable_for,
+        });
+        let patterns: Vec<(regex::Regex, Action)> = self
+            .process
+            .log_patterns
+            .iter()
+            .filter_map(|pattern| Some((pattern.regex()?.clone(), pattern.action)))
+            .collect();
+        let (matches_tx, mut matches) = mpsc::channel(16);
+        let watch = (!patterns.is_empty()).then(|| LogWatch {
+            patterns: Arc::new(patterns),
+            matches: matches_tx,
+        });
+        let mut control = Control {
+            stop: self.supervisor.stop.subscribe(),
+            restart: self.supervisor.restart.subscribe(),
+        };
         let events = &self.state.events;
+        self.supervisor.set_ready(&self.state, false);
         loop {
-            let mut running = match process::spawn(&spec, &self.name) {
+            let mut running = match process::spawn(&spec, &self.name, watch.clone()) {
                 Ok(running) => running,
                 Err(error) => {
                     events.emit(
@@ -224,23 +275,39 @@ impl Task {
                 &format!("pid {pid}: {}", spec.command),
             );
 
-            let exit = tokio::select! {
-                exit = self.ready_then_wait(&mut running, pid) => exit,
-                _ = restart.changed() => {
-                    self.supervisor.set_ready(&self.state, false);
+            let ended = self
+                .watch(&mut running, pid, &mut ladder, &mut matches, &mut control)
+                .await;
+            self.supervisor.set_ready(&self.state, false);
+            let exit = match ended {
+                Ended::Exited(exit) => exit,
+                Ended::Restart(reason) => {
                     let exit = running.stop(stop_signal, self.process.stop_grace).await;
-                    self.state.metrics.supervisor_restarts.with_label_values(&["admin"]).inc();
-                    events.emit("process_restart", &self.name, Severity::Warning, &format!("pid {pid}: restarted by an operator ({})", describe(exit)));
+                    self.state
+                        .metrics
+                        .supervisor_restarts
+                        .with_label_values(&[reason])
+                        .inc();
+                    events.emit(
+                        "process_restart",
+                        &self.name,
+                        Severity::Warning,
+                        &format!("pid {pid}: restarted ({reason}); {}", describe(exit)),
+                    );
                     self.supervisor.update(|status| {
                         status.restarts += 1;
                         status.last_exit = Some(describe(exit));
                     });
                     continue;
                 }
-                _ = stopped(&mut stop) => {
-                    self.supervisor.set_ready(&self.state, false);
+                Ended::Stop => {
                     let exit = running.stop(stop_signal, self.process.stop_grace).await;
-                    events.emit("process_stop", &self.name, Severity::Info, &format!("pid {pid}: {}", describe(exit)));
+                    events.emit(
+                        "process_stop",
+                        &self.name,
+                        Severity::Info,
+                        &format!("pid {pid}: {}", describe(exit)),
+                    );
                     self.supervisor.update(|status| {
                         status.state = "stopped";
                         status.pid = None;
@@ -250,7 +317,6 @@ impl Task {
                     break;
                 }
             };
-            self.supervisor.set_ready(&self.state, false);
             let now = Instant::now();
             let decision = tracker.on_exit(exit, started, now, rand::random());
             self.supervisor.update(|status| {
@@ -283,7 +349,7 @@ impl Task {
                     });
                     tokio::select! {
                         _ = tokio::time::sleep(after) => {}
-                        _ = stopped(&mut stop) => {
+                        _ = stopped(&mut control.stop) => {
                             self.supervisor.update(|status| status.state = "stopped");
                             break;
                         }
@@ -295,9 +361,9 @@ impl Task {
                         &self.name,
                         Severity::Warning,
                         &format!(
-                            "pid {pid}: {}; not restarting (restart: {:?})",
+                            "pid {pid}: {}; not restarting (restart: {})",
                             describe(exit),
-                            self.process.restart
+                            policy_name(self.process.restart)
                         ),
                     );
                     self.supervisor.update(|status| status.state = "stopped");
@@ -322,9 +388,18 @@ impl Task {
         self.supervisor.done.send_replace(true);
     }
 
-    /// Polls the upstream until it accepts connections (bounded by
-    /// `startup_timeout`), marks the process ready, then waits for its exit.
-    async fn ready_then_wait(&self, running: &mut Running, pid: u32) -> Exit {
+    /// Waits for the process to accept connections (bounded by
+    /// `startup_timeout`), then watches it: its exit, operator requests, log
+    /// pattern matches, and the triggers sampled every [`MONITOR_EVERY`],
+    /// acting on the recovery ladder's decisions.
+    async fn watch(
+        &self,
+        running: &mut Running,
+        pid: u32,
+        ladder: &mut Ladder,
+        matches: &mut mpsc::Receiver<Action>,
+        control: &mut Control,
+    ) -> Ended {
         let probe = async {
             let deadline = Instant::now() + self.startup_timeout;
             while Instant::now() < deadline {
@@ -338,20 +413,210 @@ impl Task {
             }
             false
         };
+        let events = &self.state.events;
         tokio::select! {
-            exit = running.wait() => return exit,
+            exit = running.wait() => return Ended::Exited(exit),
+            _ = stopped(&mut control.stop) => return Ended::Stop,
+            _ = control.restart.changed() => return Ended::Restart("admin"),
             ready = probe => {
                 if ready {
                     self.supervisor.set_ready(&self.state, true);
                     self.supervisor.update(|status| status.state = "running");
-                    self.state.events.emit("process_ready", &self.name, Severity::Info, &format!("pid {pid}"));
+                    events.emit("process_ready", &self.name, Severity::Info, &format!("pid {pid}"));
                 } else {
-                    self.state.events.emit("startup_timeout", &self.name, Severity::Warning, &format!("pid {pid} did not accept connections within {:?}", self.startup_timeout));
+                    events.emit("startup_timeout", &self.name, Severity::Warning, &format!("pid {pid} did not accept connections within {:?}", self.startup_timeout));
                 }
             }
         }
-        running.wait().await
+        let mut ticks = tokio::time::interval(MONITOR_EVERY);
+        let mut breaker_open_since: Option<Instant> = None;
+        loop {
+            let (action, reason) = tokio::select! {
+                exit = running.wait() => return Ended::Exited(exit),
+                _ = stopped(&mut control.stop) => return Ended::Stop,
+                _ = control.restart.changed() => return Ended::Restart("admin"),
+                Some(action) = matches.recv() => (Some(action), "log_pattern"),
+                _ = ticks.tick() => {
+                    let now = Instant::now();
+                    match self.trigger(pid, now, &mut breaker_open_since) {
+                        Some(reason) => (ladder.on_trigger(now), reason),
+                        None => {
+                            if ladder.on_healthy(now) {
+                                events.emit("recovery_reset", &self.name, Severity::Info, &format!("healthy for {:?}", self.recovery.stable_for));
+                                if self.failback_after_ladder() {
+                                    events.emit("failback", &self.name, Severity::Info, "primary stable again");
+                                }
+                            }
+                            (None, "")
+                        }
+                    }
+                }
+            };
+            let Some(action) = action else { continue };
+            self.supervisor.update(|status| {
+                status.recovery_attempts += 1;
+                status.ladder_rung = Some(action);
+            });
+            events.emit(
+                "recovery",
+                &self.name,
+                Severity::Warning,
+                &format!("{reason}: {}", action.as_str()),
+            );
+            let started = Instant::now();
+            let result = match action {
+                Action::Restart => {
+                    self.record_attempt(action, "started", started);
+                    ladder.on_done();
+                    return Ended::Restart(reason);
+                }
+                Action::Failover => match self.pool() {
+                    Some(pool) if !pool.backup().is_empty() => {
+                        pool.set_failed_over(true);
+                        self.supervisor
+                            .update(|status| status.failed_over_by_ladder = true);
+                        events.emit(
+                            "failover",
+                            &self.name,
+                            Severity::Warning,
+                            &format!("recovery ladder ({reason})"),
+                        );
+                        "ok"
+                    }
+                    _ => "no_backup",
+                },
+                Action::Exec => self.exec().await,
+                Action::Escalate => {
+                    events.emit(
+                        "escalation",
+                        &self.name,
+                        Severity::Critical,
+                        &format!("recovery ladder exhausted ({reason}); needs intervention"),
+                    );
+                    self.supervisor
+                        .update(|status| status.state = "needs_intervention");
+                    "escalated"
+                }
+            };
+            self.record_attempt(action, result, started);
+            ladder.on_done();
+        }
     }
+
+    fn record_attempt(&self, action: Action, result: &str, started: Instant) {
+        let metrics = &self.state.metrics;
+        metrics
+            .recovery_attempts
+            .with_label_values(&[action.as_str(), result])
+            .inc();
+        metrics
+            .recovery_duration
+            .with_label_values(&[action.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn pool(&self) -> Option<Arc<crate::proxy::forward::UpstreamPool>> {
+        self.state
+            .snapshot()
+            .upstreams
+            .iter()
+            .find(|pool| pool.config.name == self.name)
+            .cloned()
+    }
+
+    /// Undoes a failover the ladder made, once the primary is stable.
+    fn failback_after_ladder(&self) -> bool {
+        let mut was = false;
+        self.supervisor.update(|status| {
+            was = status.failed_over_by_ladder;
+            status.failed_over_by_ladder = false;
+        });
+        was && self.pool().is_some_and(|pool| pool.set_failed_over(false))
+    }
+
+    /// Runs `recovery.exec` with a bound of `cooldown` (at most 60s).
+    async fn exec(&self) -> &'static str {
+        let Some((program, args)) = self.recovery.exec.split_first() else {
+            return "no_command";
+        };
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let limit = self
+            .recovery
+            .cooldown
+            .min(Duration::from_secs(60))
+            .max(Duration::from_secs(1));
+        match tokio::time::timeout(limit, command.status()).await {
+            Ok(Ok(status)) if status.success() => "ok",
+            Ok(Ok(_)) => "failed",
+            Ok(Err(_)) => "not_started",
+            Err(_) => "timeout",
+        }
+    }
+
+    /// The first sustained-failure trigger that holds now, if any.
+    fn trigger(
+        &self,
+        pid: u32,
+        now: Instant,
+        breaker_open_since: &mut Option<Instant>,
+    ) -> Option<&'static str> {
+        if let Some(limit) = self.process.memory_limit {
+            if process_rss(pid).is_some_and(|rss| rss > limit.0) {
+                return Some("memory_limit");
+            }
+        }
+        let snapshot = self.state.snapshot();
+        let pool = snapshot
+            .upstreams
+            .iter()
+            .find(|pool| pool.config.name == self.name)?;
+        if pool.config.health_check.is_some()
+            && !pool.endpoints().is_empty()
+            && pool
+                .endpoints()
+                .iter()
+                .all(|endpoint| !endpoint.healthy.load(Ordering::Relaxed))
+        {
+            return Some("health_check");
+        }
+        let breaker_open = snapshot
+            .routes()
+            .filter(|route| route.config.upstream == self.name)
+            .any(|route| {
+                route.breaker.as_ref().is_some_and(|breaker| {
+                    matches!(breaker.state(), BreakerState::Open | BreakerState::HalfOpen)
+                })
+            });
+        match (breaker_open, *breaker_open_since) {
+            (false, _) => *breaker_open_since = None,
+            (true, None) => *breaker_open_since = Some(now),
+            (true, Some(since))
+                if now.saturating_duration_since(since) >= self.triggers.breaker_open_for =>
+            {
+                *breaker_open_since = None;
+                return Some("breaker_open");
+            }
+            (true, Some(_)) => {}
+        }
+        None
+    }
+}
+
+/// Resident memory of a process, from `/proc/PID/statm`.
+fn process_rss(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// The supervisor's control channels.
+struct Control {
+    stop: watch::Receiver<bool>,
+    restart: watch::Receiver<u64>,
 }
 
 /// Resolves once a stop is requested (the watch guard is not held across

@@ -16,6 +16,11 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::ladder::Action;
 use super::restart::Exit;
 
 /// Longest child log line forwarded; the rest of a longer line is dropped.
@@ -41,8 +46,19 @@ pub struct Running {
     pub pid: u32,
 }
 
-/// Spawns `spec`, forwarding its output under `name`.
-pub fn spawn(spec: &ProcessSpec, name: &str) -> std::io::Result<Running> {
+/// Log lines that act: each match sends its action to the supervisor.
+#[derive(Clone)]
+pub struct LogWatch {
+    /// Patterns and what a match does.
+    pub patterns: Arc<Vec<(regex::Regex, Action)>>,
+    /// Where matches go; a full channel drops the match (the supervisor is
+    /// already acting).
+    pub matches: mpsc::Sender<Action>,
+}
+
+/// Spawns `spec`, forwarding its output under `name` and matching it
+/// against `watch`.
+pub fn spawn(spec: &ProcessSpec, name: &str, watch: Option<LogWatch>) -> std::io::Result<Running> {
     let mut command = Command::new(&spec.command);
     command
         .args(&spec.args)
@@ -74,16 +90,26 @@ pub fn spawn(spec: &ProcessSpec, name: &str) -> std::io::Result<Running> {
     let mut child = command.spawn()?;
     let pid = child.id().unwrap_or(0);
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(forward_lines(stdout, name.to_owned(), "stdout"));
+        tokio::spawn(forward_lines(
+            stdout,
+            name.to_owned(),
+            "stdout",
+            watch.clone(),
+        ));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(forward_lines(stderr, name.to_owned(), "stderr"));
+        tokio::spawn(forward_lines(stderr, name.to_owned(), "stderr", watch));
     }
     Ok(Running { child, pid })
 }
 
 /// Logs each line of `stream`, capped at [`MAX_LINE`] bytes.
-async fn forward_lines(stream: impl AsyncRead + Unpin, name: String, which: &'static str) {
+async fn forward_lines(
+    stream: impl AsyncRead + Unpin,
+    name: String,
+    which: &'static str,
+    watch: Option<LogWatch>,
+) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::with_capacity(256);
     loop {
@@ -112,6 +138,15 @@ async fn forward_lines(stream: impl AsyncRead + Unpin, name: String, which: &'st
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\n', '\r']);
         tracing::info!(target: "breakwater::child", process = %name, stream = which, truncated = overflow, "{text}");
+        if let Some(watch) = &watch {
+            if let Some((_, action)) = watch
+                .patterns
+                .iter()
+                .find(|(regex, _)| regex.is_match(text))
+            {
+                let _ = watch.matches.try_send(*action);
+            }
+        }
     }
 }
 
@@ -201,7 +236,7 @@ mod tests {
             env: vec![],
             cwd: None,
         };
-        let mut running = spawn(&spec, "t").unwrap();
+        let mut running = spawn(&spec, "t", None).unwrap();
         assert_eq!(running.wait().await, Exit::Code(3));
         let spec = ProcessSpec {
             command: "sleep".into(),
@@ -209,7 +244,7 @@ mod tests {
             env: vec![],
             cwd: None,
         };
-        let mut running = spawn(&spec, "t").unwrap();
+        let mut running = spawn(&spec, "t", None).unwrap();
         assert_eq!(
             running.stop(libc::SIGTERM, Duration::from_secs(5)).await,
             Exit::Signal(libc::SIGTERM)
@@ -225,7 +260,7 @@ mod tests {
             env: vec![],
             cwd: None,
         };
-        let mut running = spawn(&spec, "t").unwrap();
+        let mut running = spawn(&spec, "t", None).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !marker.exists() {
             assert!(

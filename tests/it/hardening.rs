@@ -519,12 +519,18 @@ async fn a_panic_while_serving_is_isolated() {
 #[tokio::test]
 async fn a_refused_upgrade_ends_the_connection_so_nothing_unframed_follows() {
     let (upstream, proxy) = guarded("").await;
-    let mut bytes = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade, \xa8\r\n\r\n".to_vec();
+    let mut bytes =
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade, \xa8\r\n\r\n"
+            .to_vec();
     bytes.extend_from_slice(b"POST /smuggled HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
     let (response, closed) = raw_exchange_closed(proxy.listen, &bytes, Duration::from_secs(10));
     assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
     assert_eq!(raw_header(&response, "connection"), Some("close"));
     assert!(closed);
-    assert_eq!(upstream.requests().await, 1, "only the first request reached the upstream");
+    assert_eq!(
+        upstream.requests().await,
+        1,
+        "only the first request reached the upstream"
+    );
     assert_eq!(upstream.stats().await["last_request"]["path"], "/ws");
 }

@@ -156,7 +156,7 @@ async fn a_configmap_style_symlink_swap_is_picked_up() {
     std::os::unix::fs::symlink("..data/config.yaml", mount.path().join("config.yaml")).unwrap();
     let path = mount.path().join("config.yaml");
     let process = support::Process::spawn(&["run", "--config", path.to_str().unwrap()], &[]);
-    let proxy = Proxy {
+    let mut proxy = Proxy {
         process,
         dir: tempfile::tempdir().unwrap(),
         config_path: path,

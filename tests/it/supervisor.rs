@@ -494,3 +494,186 @@ async fn operators_fail_over_fail_back_and_restart() {
         assert!(log.contains(&format!("kind=\"{kind}\"")), "no {kind} event");
     }
 }
+
+fn with_triggers(
+    address: &str,
+    backup: Option<&str>,
+    sim_extra: &str,
+    process_extra: &str,
+    recovery: &str,
+) -> String {
+    let backup = backup
+        .map(|b| format!("\n    backup: [\"{b}\"]"))
+        .unwrap_or_default();
+    format!(
+        "admin: {{listen: \"{{admin}}\"}}
+listeners:
+  - {{name: inbound, listen: \"{{listen}}\", routes: [{{name: main, upstream: app, circuit_breaker: false, timeouts: {{request: 2s}}}}]}}
+upstreams:
+  - name: app
+    endpoints: [\"{address}\"]{backup}
+    outlier_detection: false
+    health_check: {{http: {{path: /healthz}}, interval: 100ms, timeout: 80ms, unhealthy_threshold: 2, healthy_threshold: 1}}
+supervisor:
+  startup_timeout: 20s
+  recovery: {recovery}
+  process:
+    command: \"{}\"
+    args: [sim, --listen, \"{address}\", --name, child{sim_extra}]
+    stop_grace: 2s
+{process_extra}",
+        bin()
+    )
+}
+
+async fn restarted_by(proxy: &Proxy, old_pid: u64, reason: &str) {
+    eventually(
+        &format!("restart by {reason}"),
+        Duration::from_secs(20),
+        || async {
+            let status = supervisor(proxy).await;
+            (status["state"] == "running"
+                && status["pid"].as_u64().is_some_and(|pid| pid != old_pid))
+            .then_some(())
+        },
+    )
+    .await;
+    proxy
+        .process
+        .stderr
+        .wait_for(&format!("restarted ({reason})"), Duration::from_secs(5))
+        .await;
+    assert!(proxy.metrics().await.contains(&format!(
+        r#"breakwater_supervisor_restarts_total{{reason="{reason}"}} 1"#
+    )));
+}
+
+#[tokio::test]
+async fn a_hung_child_fails_its_health_check_and_is_restarted() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let recovery = "{ladder: [restart, escalate], max_attempts: 3, cooldown: 1s}";
+    let proxy = proxy(&with_triggers(&address, None, "", "", recovery))
+        .run()
+        .await;
+    ready(&proxy).await;
+    let pid = supervisor(&proxy).await["pid"].as_u64().unwrap();
+    let control = format!("http://{address}/__sim/config");
+    assert!(client()
+        .post(&control)
+        .body(r#"{"hang": true}"#)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    restarted_by(&proxy, pid, "health_check").await;
+    eventually("serving again", Duration::from_secs(10), || async {
+        (proxy.get("/").await.status() == 200).then_some(())
+    })
+    .await;
+    assert!(proxy
+        .metrics()
+        .await
+        .contains(r#"breakwater_recovery_attempts_total{action="restart",result="started"} 1"#));
+}
+
+#[tokio::test]
+async fn memory_over_the_limit_restarts_the_child() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let proxy = proxy(&with_triggers(
+        &address,
+        None,
+        "",
+        "    memory_limit: 64MiB\n",
+        "{cooldown: 1s}",
+    ))
+    .run()
+    .await;
+    ready(&proxy).await;
+    let pid = supervisor(&proxy).await["pid"].as_u64().unwrap();
+    let grow = format!("http://{address}/__sim/memory?mib=100");
+    assert!(client()
+        .post(&grow)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    restarted_by(&proxy, pid, "memory_limit").await;
+}
+
+#[tokio::test]
+async fn a_log_line_matching_a_pattern_restarts_the_child() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let patterns =
+        "    log_patterns: [{regex: \"OutOfMemoryError|panicked at\", action: restart}]\n";
+    let proxy = proxy(&with_triggers(
+        &address,
+        None,
+        "",
+        patterns,
+        "{cooldown: 1s}",
+    ))
+    .run()
+    .await;
+    ready(&proxy).await;
+    let pid = supervisor(&proxy).await["pid"].as_u64().unwrap();
+    let log = format!("http://{address}/__sim/log");
+    assert!(client()
+        .post(&log)
+        .body("java.lang.OutOfMemoryError: heap")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    restarted_by(&proxy, pid, "log_pattern").await;
+}
+
+#[tokio::test]
+async fn the_ladder_climbs_from_restart_to_failover_to_escalation() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let backup = crate::support::sim("backup").run().await;
+    // The child hangs from birth: restarting cannot fix it.
+    let recovery = "{ladder: [restart, failover, escalate], max_attempts: 1, cooldown: 300ms, stable_for: 60s}";
+    let proxy = proxy(&with_triggers(
+        &address,
+        Some(&backup.address),
+        ", --hang",
+        "",
+        recovery,
+    ))
+    .run()
+    .await;
+    eventually("escalated", Duration::from_secs(30), || async {
+        (supervisor(&proxy).await["state"] == "needs_intervention").then_some(())
+    })
+    .await;
+    let log = proxy.process.stderr.text();
+    let order: Vec<usize> = [
+        "health_check: restart",
+        "health_check: failover",
+        "recovery ladder exhausted",
+    ]
+    .iter()
+    .map(|needle| {
+        log.find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{log}"))
+    })
+    .collect();
+    assert!(
+        order.windows(2).all(|pair| pair[0] < pair[1]),
+        "out of order: {order:?}"
+    );
+    assert_eq!(
+        proxy.status_json().await["upstreams"][0]["failed_over"],
+        true
+    );
+    let response = proxy.get("/").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-sim-name"],
+        "backup",
+        "fallback to the backup keeps serving"
+    );
+}

@@ -312,7 +312,7 @@ impl ProxyBuilder {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let process = Process::spawn(&args, &envs);
-        let proxy = Proxy {
+        let mut proxy = Proxy {
             process,
             dir,
             config_path,
@@ -339,27 +339,30 @@ impl Proxy {
         format!("http://{}{path}", self.admin)
     }
 
-    pub async fn wait_healthy(&self) {
+    /// Waits (bounded) until the admin port answers `/healthz`; fails at
+    /// once, with the proxy's stderr, if the process exits first.
+    pub async fn wait_healthy(&mut self) {
         let url = self.admin_url("/healthz");
-        let stderr = self.process.stderr.clone();
-        eventually("proxy admin /healthz", Duration::from_secs(15), || {
-            let url = url.clone();
-            let stderr = stderr.clone();
-            async move {
-                match client().get(&url).send().await {
-                    Ok(response) if response.status() == 200 => Some(()),
-                    _ => {
-                        assert!(
-                            !stderr.contains("breakwater: "),
-                            "proxy failed to start:\n{}",
-                            stderr.text()
-                        );
-                        None
-                    }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(response) = client().get(&url).send().await {
+                if response.status() == 200 {
+                    return;
                 }
             }
-        })
-        .await;
+            if let Ok(Some(status)) = self.process.child.try_wait() {
+                panic!(
+                    "proxy exited ({status}) before serving:\n{}",
+                    self.process.stderr.text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy admin /healthz did not answer in 15s:\n{}",
+                self.process.stderr.text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
