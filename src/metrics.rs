@@ -57,6 +57,8 @@ pub struct Metrics {
     pub supervisor_restarts: IntCounterVec,
     /// `breakwater_webhook_dropped_total`: events dropped from a full webhook queue.
     pub webhook_dropped: IntCounter,
+    /// `breakwater_upstream_up{upstream}`: 1 while the supervised process serves.
+    pub upstream_up: IntGaugeVec,
     /// `breakwater_recovery_attempts_total{action,result}`.
     pub recovery_attempts: IntCounterVec,
     /// `breakwater_recovery_duration_seconds{action}`: how long an action took.
@@ -207,6 +209,11 @@ impl Metrics {
             .namespace("breakwater"),
         )?;
         registry.register(Box::new(retry_budget_exhausted.clone()))?;
+        let upstream_up = gauge(
+            "upstream_up",
+            "1 while the supervised process behind an upstream is ready.",
+            &["upstream"],
+        )?;
         let recovery_attempts = counter(
             "recovery_attempts_total",
             "Recovery ladder actions by action and result.",
@@ -255,6 +262,7 @@ impl Metrics {
             supervisor_restarts,
             webhook_dropped,
             recovery_attempts,
+            upstream_up,
             recovery_duration,
             registry,
             requests_total,

@@ -54,6 +54,23 @@ pub struct Status {
     pub ladder_rung: Option<Action>,
     /// Whether the ladder (not an operator) failed the upstream over.
     pub failed_over_by_ladder: bool,
+    /// Mean time from the process going down to serving again.
+    pub mttr_seconds: Option<f64>,
+    /// Share of the time since supervision began that it was serving
+    /// (the first start counts as down until ready).
+    pub availability: Option<f64>,
+    #[serde(skip)]
+    supervising_since: Instant,
+    #[serde(skip)]
+    down_since: Option<Instant>,
+    #[serde(skip)]
+    downtime: Duration,
+    #[serde(skip)]
+    recoveries: u64,
+    #[serde(skip)]
+    recovery_time: Duration,
+    #[serde(skip)]
+    served_once: bool,
     #[serde(skip)]
     started_at: Option<Instant>,
     #[serde(skip)]
@@ -72,6 +89,14 @@ impl Status {
             recovery_attempts: 0,
             ladder_rung: None,
             failed_over_by_ladder: false,
+            mttr_seconds: None,
+            availability: None,
+            supervising_since: Instant::now(),
+            down_since: Some(Instant::now()),
+            downtime: Duration::ZERO,
+            recoveries: 0,
+            recovery_time: Duration::ZERO,
+            served_once: false,
             started_at: None,
             next_start_at: None,
         }
@@ -133,6 +158,20 @@ impl Supervisor {
             .map(|s| s.clone())
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
         let now = Instant::now();
+        let current_outage = status
+            .down_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        let observed = now
+            .saturating_duration_since(status.supervising_since)
+            .as_secs_f64();
+        let down = (status.downtime + current_outage).as_secs_f64();
+        status.availability = if observed > 0.0 {
+            Some(((observed - down) / observed).clamp(0.0, 1.0))
+        } else {
+            None
+        };
+        status.mttr_seconds = (status.recoveries > 0)
+            .then(|| status.recovery_time.as_secs_f64() / status.recoveries as f64);
         status.uptime_seconds = status
             .started_at
             .map(|at| now.saturating_duration_since(at).as_secs_f64());
@@ -159,7 +198,30 @@ impl Supervisor {
     /// Marks the process ready or not, and tells the upstream's pool, so
     /// traffic goes to backups (if any) while it is down.
     fn set_ready(&self, state: &State, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
+        let was_ready = self.ready.swap(ready, Ordering::AcqRel);
+        let now = Instant::now();
+        state
+            .metrics
+            .upstream_up
+            .with_label_values(&[&self.upstream])
+            .set(i64::from(ready));
+        self.update(|status| match (was_ready, ready) {
+            (true, false) => status.down_since = Some(now),
+            (false, true) => {
+                // A recovery: time from going down to serving again.
+                if let Some(since) = status.down_since.take() {
+                    let outage = now.saturating_duration_since(since);
+                    status.downtime += outage;
+                    // The first start is not a recovery.
+                    if status.served_once {
+                        status.recoveries += 1;
+                        status.recovery_time += outage;
+                    }
+                }
+                status.served_once = true;
+            }
+            _ => {}
+        });
         let snapshot = state.snapshot();
         if let Some(pool) = snapshot
             .upstreams

@@ -84,6 +84,16 @@ async fn a_killed_child_is_restarted_and_serving_resumes() {
     assert_ne!(after["pid"].as_u64().unwrap(), pid, "a new process");
     assert_eq!(after["restarts"], 1);
     assert_eq!(after["last_exit"], "signal 9");
+    let mttr = after["mttr_seconds"]
+        .as_f64()
+        .expect("one recovery measured");
+    assert!(mttr > 0.0 && mttr < 20.0, "{mttr}");
+    let availability = after["availability"].as_f64().unwrap();
+    assert!(availability > 0.0 && availability < 1.0, "{availability}");
+    assert!(proxy
+        .metrics()
+        .await
+        .contains(r#"breakwater_upstream_up{upstream="app"} 1"#));
     assert!(proxy
         .metrics()
         .await
