@@ -426,7 +426,8 @@ pub enum Protocol {
 }
 
 pub use super::supervisor::{
-    CrashLoop, LogPattern, Process, Recovery, RestartBackoff, Supervisor, Triggers,
+    CrashLoop, ErrorRate, Failback, LogPattern, Process, Recovery, RestartBackoff, Supervisor,
+    Triggers,
 };
 
 // === impl Decode ===

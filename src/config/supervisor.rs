@@ -38,6 +38,8 @@ pub struct Supervisor {
     pub triggers: Triggers,
     /// What to try when a trigger fires.
     pub recovery: Recovery,
+    /// When to return from a ladder failover.
+    pub failback: Failback,
 }
 
 /// `supervisor.triggers:` — the health check failing (`unhealthy_threshold`
@@ -48,6 +50,30 @@ pub struct Triggers {
     /// A breaker of a route to this upstream open longer than this. Default 30s.
     #[serde(serialize_with = "ser_duration")]
     pub breaker_open_for: Duration,
+    /// Failed tries over a window, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<ErrorRate>,
+}
+
+/// `supervisor.triggers.error_rate:`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorRate {
+    /// Failed tries / tries at or above this trips. 0 < threshold ≤ 1.
+    pub threshold: f64,
+    /// Over this much recent time.
+    #[serde(serialize_with = "ser_duration")]
+    pub window: Duration,
+    /// Not before the window holds this many tries.
+    pub min_requests: u64,
+}
+
+/// `supervisor.failback:`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Failback {
+    /// A failover by the ladder is undone once the primary has been healthy
+    /// this long. Default 30s.
+    #[serde(serialize_with = "ser_duration")]
+    pub stable_for: Duration,
 }
 
 /// `supervisor.recovery:` (SPEC §5.3).
@@ -216,8 +242,12 @@ impl Default for Supervisor {
             startup_timeout: Duration::from_secs(60),
             triggers: Triggers {
                 breaker_open_for: Duration::from_secs(30),
+                error_rate: None,
             },
             recovery: Recovery::default(),
+            failback: Failback {
+                stable_for: Duration::from_secs(30),
+            },
         }
     }
 }
@@ -319,14 +349,7 @@ impl Process {
     }
 }
 
-const LATER: &[&str] = &[
-    "failback",
-    "dependencies",
-    "hold",
-    "on_exit",
-    "watchdog",
-    "rollback",
-];
+const LATER: &[&str] = &["dependencies", "hold", "on_exit", "watchdog", "rollback"];
 
 impl Decode for Supervisor {
     fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
@@ -340,12 +363,46 @@ impl Decode for Supervisor {
             .opt_with(cx, "triggers", |cx, node| {
                 let mut fields = Fields::new(cx, node)?;
                 let breaker_open_for = fields.or(cx, "breaker_open_for", Duration::from_secs(30));
+                let error_rate = fields.opt_with(cx, "error_rate", |cx, node| {
+                    let mut fields = Fields::new(cx, node)?;
+                    let threshold: Option<f64> = fields.req(cx, "threshold");
+                    if threshold.is_some_and(|t| !(t > 0.0 && t <= 1.0)) {
+                        cx.error_at(
+                            "threshold",
+                            fields.key_line("threshold"),
+                            "must be above 0 and at most 1",
+                        );
+                    }
+                    let window: Duration = fields.or(cx, "window", Duration::from_secs(30));
+                    if window < Duration::from_secs(1) {
+                        cx.error_at("window", fields.key_line("window"), "must be at least 1s");
+                    }
+                    let min_requests = fields.or(cx, "min_requests", 20);
+                    let complete = fields.finish(cx, &["threshold", "window", "min_requests"], &[]);
+                    complete.then_some(ErrorRate {
+                        threshold: threshold?,
+                        window,
+                        min_requests,
+                    })
+                });
                 fields
-                    .finish(cx, &["breaker_open_for"], &["error_rate"])
-                    .then_some(Triggers { breaker_open_for })
+                    .finish(cx, &["breaker_open_for", "error_rate"], &[])
+                    .then_some(Triggers {
+                        breaker_open_for,
+                        error_rate,
+                    })
             })
             .unwrap_or(d.triggers);
         let recovery = fields.opt(cx, "recovery").unwrap_or(d.recovery);
+        let failback = fields
+            .opt_with(cx, "failback", |cx, node| {
+                let mut fields = Fields::new(cx, node)?;
+                let stable_for = fields.or(cx, "stable_for", Duration::from_secs(30));
+                fields
+                    .finish(cx, &["stable_for"], &[])
+                    .then_some(Failback { stable_for })
+            })
+            .unwrap_or(d.failback);
         if startup_timeout.is_zero() {
             cx.error_at(
                 "startup_timeout",
@@ -363,6 +420,7 @@ impl Decode for Supervisor {
                     "startup_timeout",
                     "triggers",
                     "recovery",
+                    "failback",
                 ],
                 LATER,
             )
@@ -373,6 +431,7 @@ impl Decode for Supervisor {
                 startup_timeout,
                 triggers,
                 recovery,
+                failback,
             })
     }
 }

@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -58,6 +58,10 @@ pub struct UpstreamPool {
     /// Set by the supervisor while the process behind the primaries is
     /// down or restarting.
     primary_down: AtomicBool,
+    /// Tries sent to the primaries, and how many failed: the supervisor's
+    /// error-rate trigger samples these (two relaxed adds per try).
+    tries: AtomicU64,
+    failed_tries: AtomicU64,
     outlier: Option<OutlierDetector>,
     http1: HttpClient,
     http2: HttpClient,
@@ -106,6 +110,8 @@ impl UpstreamPool {
             next: AtomicUsize::new(0),
             failed_over: AtomicBool::new(false),
             primary_down: AtomicBool::new(false),
+            tries: AtomicU64::new(0),
+            failed_tries: AtomicU64::new(0),
             outlier,
             http1,
             http2,
@@ -177,6 +183,14 @@ impl UpstreamPool {
             .or_else(|| backups().next())
     }
 
+    /// Tries sent to the primaries so far, and how many failed.
+    pub fn try_counts(&self) -> (u64, u64) {
+        (
+            self.tries.load(Ordering::Relaxed),
+            self.failed_tries.load(Ordering::Relaxed),
+        )
+    }
+
     /// Moves all traffic to the backups (`true`) or back (`false`).
     /// Returns whether anything changed.
     pub fn set_failed_over(&self, failed_over: bool) -> bool {
@@ -203,6 +217,10 @@ impl UpstreamPool {
     pub fn record(&self, index: usize, failure: bool, now: Instant) -> Option<Ejection> {
         if index >= self.endpoints.len() {
             return None; // Outlier detection covers the primary set.
+        }
+        self.tries.fetch_add(1, Ordering::Relaxed);
+        if failure {
+            self.failed_tries.fetch_add(1, Ordering::Relaxed);
         }
         self.outlier.as_ref()?.record(index, failure, now)
     }

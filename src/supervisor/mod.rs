@@ -24,7 +24,9 @@ use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::config::{Config, Process, Recovery, Triggers};
+use std::collections::VecDeque;
+
+use crate::config::{Config, Failback, Process, Recovery, Triggers};
 use crate::events::Severity;
 use crate::policy::breaker::BreakerState;
 use crate::state::State;
@@ -145,6 +147,7 @@ impl Supervisor {
             startup_timeout: config.supervisor.startup_timeout,
             triggers: config.supervisor.triggers.clone(),
             recovery: config.supervisor.recovery.clone(),
+            failback: config.supervisor.failback.clone(),
         };
         tokio::spawn(task.run());
         Some(supervisor)
@@ -250,7 +253,11 @@ struct Task {
     startup_timeout: Duration,
     triggers: Triggers,
     recovery: Recovery,
+    failback: Failback,
 }
+
+/// Samples of the pool's try counters, for the error-rate trigger.
+type TrySamples = VecDeque<(Instant, u64, u64)>;
 
 /// How one run of the process ended.
 enum Ended {
@@ -492,6 +499,8 @@ impl Task {
         }
         let mut ticks = tokio::time::interval(MONITOR_EVERY);
         let mut breaker_open_since: Option<Instant> = None;
+        let mut healthy_since: Option<Instant> = None;
+        let mut samples = TrySamples::new();
         loop {
             let (action, reason) = tokio::select! {
                 exit = running.wait() => return Ended::Exited(exit),
@@ -500,14 +509,18 @@ impl Task {
                 Some(action) = matches.recv() => (Some(action), "log_pattern"),
                 _ = ticks.tick() => {
                     let now = Instant::now();
-                    match self.trigger(pid, now, &mut breaker_open_since) {
-                        Some(reason) => (ladder.on_trigger(now), reason),
+                    match self.trigger(pid, now, &mut breaker_open_since, &mut samples) {
+                        Some(reason) => {
+                            healthy_since = None;
+                            (ladder.on_trigger(now), reason)
+                        }
                         None => {
+                            let since = *healthy_since.get_or_insert(now);
+                            if now.saturating_duration_since(since) >= self.failback.stable_for && self.failback_after_ladder() {
+                                events.emit("failback", &self.name, Severity::Info, &format!("primary healthy for {:?}", self.failback.stable_for));
+                            }
                             if ladder.on_healthy(now) {
                                 events.emit("recovery_reset", &self.name, Severity::Info, &format!("healthy for {:?}", self.recovery.stable_for));
-                                if self.failback_after_ladder() {
-                                    events.emit("failback", &self.name, Severity::Info, "primary stable again");
-                                }
                             }
                             (None, "")
                         }
@@ -625,6 +638,7 @@ impl Task {
         pid: u32,
         now: Instant,
         breaker_open_since: &mut Option<Instant>,
+        samples: &mut TrySamples,
     ) -> Option<&'static str> {
         if let Some(limit) = self.process.memory_limit {
             if process_rss(pid).is_some_and(|rss| rss > limit.0) {
@@ -644,6 +658,30 @@ impl Task {
                 .all(|endpoint| !endpoint.healthy.load(Ordering::Relaxed))
         {
             return Some("health_check");
+        }
+        if let Some(error_rate) = &self.triggers.error_rate {
+            let (tries, failed) = pool.try_counts();
+            samples.push_back((now, tries, failed));
+            // Keep one sample at or before the window's start as the baseline.
+            while samples.len() > 2
+                && samples
+                    .get(1)
+                    .is_some_and(|(at, ..)| now.saturating_duration_since(*at) >= error_rate.window)
+            {
+                samples.pop_front();
+            }
+            if let (Some(&(_, tries_then, failed_then)), Some(&(_, tries_now, failed_now))) =
+                (samples.front(), samples.back())
+            {
+                let tries = tries_now.saturating_sub(tries_then);
+                let failed = failed_now.saturating_sub(failed_then);
+                if tries >= error_rate.min_requests
+                    && failed as f64 / tries as f64 >= error_rate.threshold
+                {
+                    samples.clear();
+                    return Some("error_rate");
+                }
+            }
         }
         let breaker_open = snapshot
             .routes()

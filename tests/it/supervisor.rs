@@ -687,3 +687,63 @@ async fn the_ladder_climbs_from_restart_to_failover_to_escalation() {
         "fallback to the backup keeps serving"
     );
 }
+
+#[tokio::test]
+async fn an_error_rate_over_the_window_restarts_the_child() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let config = with_triggers(&address, None, ", --status, 503", "", "{cooldown: 1s}").replace(
+        "  startup_timeout: 20s\n",
+        "  startup_timeout: 20s\n  triggers: {error_rate: {threshold: 0.5, window: 10s, min_requests: 5}}\n",
+    );
+    let proxy = proxy(&config).run().await;
+    ready(&proxy).await;
+    let pid = supervisor(&proxy).await["pid"].as_u64().unwrap();
+    for _ in 0..5 {
+        assert_eq!(proxy.get("/").await.status(), 503);
+    }
+    restarted_by(&proxy, pid, "error_rate").await;
+}
+
+#[tokio::test]
+async fn a_ladder_failover_fails_back_once_the_primary_is_stable() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let backup = crate::support::sim("backup").run().await;
+    let patterns = "    log_patterns: [{regex: \"FAILOVER-NOW\", action: failover}]\n";
+    let config = with_triggers(
+        &address,
+        Some(&backup.address),
+        "",
+        patterns,
+        "{cooldown: 1s}",
+    )
+    .replace(
+        "  startup_timeout: 20s\n",
+        "  startup_timeout: 20s\n  failback: {stable_for: 500ms}\n",
+    );
+    let proxy = proxy(&config).run().await;
+    ready(&proxy).await;
+    let log = format!("http://{address}/__sim/log");
+    assert!(client()
+        .post(&log)
+        .body("FAILOVER-NOW please")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    proxy
+        .process
+        .stderr
+        .wait_for("kind=\"failover\"", Duration::from_secs(10))
+        .await;
+    proxy
+        .process
+        .stderr
+        .wait_for("kind=\"failback\"", Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        proxy.status_json().await["upstreams"][0]["failed_over"],
+        false
+    );
+    assert_eq!(proxy.get("/").await.headers()["x-sim-name"], "child");
+}
