@@ -45,16 +45,6 @@ impl Outcome {
             Outcome::Rejected => "rejected",
         }
     }
-
-    /// Classifies a response status. Part 2 passes the route's
-    /// `failure_statuses`; until then, the SPEC default set.
-    pub fn of_status(status: u16) -> Outcome {
-        if matches!(status, 500 | 502 | 503 | 504) {
-            Outcome::Http5xx
-        } else {
-            Outcome::Success
-        }
-    }
 }
 
 /// Why an upstream attempt produced no response.
