@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::body::Body;
+use super::outcome::{Classifier, Outcome};
 use super::reject::{Rejection, StackError};
 use crate::events::{EventBus, Severity};
 use crate::policy::breaker::{Breaker, BreakerTicket, CallResult, Transition};
@@ -76,31 +77,21 @@ impl RouteReport {
     }
 }
 
-/// How the breaker classifies a response.
-#[derive(Debug, Clone)]
-pub struct Classifier {
-    /// Statuses that count as failures.
-    pub failure_statuses: Vec<u16>,
-    /// A success slower than this is slow.
-    pub slow_call_duration: Duration,
-}
-
-impl Classifier {
-    fn classify(
-        &self,
-        result: &Result<Response<Body>, StackError>,
-        elapsed: Duration,
-    ) -> CallResult {
-        match result {
-            Ok(response) if self.failure_statuses.contains(&response.status().as_u16()) => {
-                CallResult::Failure
-            }
-            Ok(_) if elapsed > self.slow_call_duration => CallResult::Slow,
-            Ok(_) => CallResult::Success,
-            Err(StackError::Upstream(_)) => CallResult::Failure,
-            // Refused further in (shed): says nothing about the upstream.
-            Err(StackError::Rejected(_)) => CallResult::Ignored,
-        }
+/// The breaker's view of a call's end, from the route's [`Classifier`].
+fn call_result(
+    classifier: &Classifier,
+    result: &Result<Response<Body>, StackError>,
+    elapsed: Duration,
+) -> CallResult {
+    match result {
+        Ok(response) => match classifier.response(response.status().as_u16(), elapsed) {
+            Outcome::Success => CallResult::Success,
+            Outcome::Slow => CallResult::Slow,
+            _ => CallResult::Failure,
+        },
+        Err(StackError::Upstream(_)) => CallResult::Failure,
+        // Refused further in (shed): says nothing about the upstream.
+        Err(StackError::Rejected(_)) => CallResult::Ignored,
     }
 }
 
@@ -322,9 +313,11 @@ where
         };
         if let Some(pending) = this.ticket.take() {
             let now = Instant::now();
-            let outcome = pending
-                .classifier
-                .classify(&result, now.saturating_duration_since(pending.start));
+            let outcome = call_result(
+                &pending.classifier,
+                &result,
+                now.saturating_duration_since(pending.start),
+            );
             if let Some(transition) = pending.ticket.record(outcome, now) {
                 pending.report.transition(transition);
             }

@@ -1,13 +1,16 @@
 //! How an upstream attempt ended: the one place that classifies it.
 //!
-//! Breakers, outlier detection, metrics and the access log all read the
-//! [`Outcome`] decided here, so they can never disagree about whether a
-//! request failed. An [`UpstreamError`] also records whether any of the
+//! A response is classified by the route's [`Classifier`] (its
+//! `failure_statuses` and `slow_call_duration`), an error by
+//! [`UpstreamError::classify`]. Breakers, retries, outlier detection,
+//! metrics and the access log all use these, so they can never disagree
+//! about whether a request failed. An [`UpstreamError`] also records whether any of the
 //! request was sent, which is what decides if a non-idempotent request may
 //! be retried (SPEC §3.4).
 
 use std::error::Error as StdError;
 use std::io;
+use std::time::Duration;
 
 /// The outcome classes of SPEC §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +46,35 @@ impl Outcome {
             Outcome::Reset => "reset",
             Outcome::Slow => "slow",
             Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// A route's rule for classifying its responses: which statuses are
+/// failures and when a success is slow. Built once per route from its
+/// `circuit_breaker` settings (or their defaults when the breaker is off).
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    /// Statuses that count as failures.
+    pub failure_statuses: Vec<u16>,
+    /// A success slower than this is slow.
+    pub slow_call_duration: Duration,
+}
+
+impl Classifier {
+    /// Whether `status` is one of the route's failure statuses.
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        self.failure_statuses.contains(&status)
+    }
+
+    /// The outcome of a response with `status` whose headers took `elapsed`.
+    pub fn response(&self, status: u16, elapsed: Duration) -> Outcome {
+        if self.is_failure_status(status) {
+            Outcome::Http5xx
+        } else if elapsed > self.slow_call_duration {
+            Outcome::Slow
+        } else {
+            Outcome::Success
         }
     }
 }

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, HOST};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -250,13 +251,9 @@ async fn serve(
         .headers_mut()
         .insert(REQUEST_ID.clone(), request_id);
     log.status = status;
-    log.outcome = if route.classifier.failure_statuses.contains(&status.as_u16()) {
-        Outcome::Http5xx
-    } else if upstream_seconds > route.classifier.slow_call_duration.as_secs_f64() {
-        Outcome::Slow
-    } else {
-        Outcome::Success
-    };
+    log.outcome = route
+        .classifier
+        .response(status.as_u16(), Duration::from_secs_f64(upstream_seconds));
     response.map(|body| body.with_completion(log.into_completion()))
 }
 

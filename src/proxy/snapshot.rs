@@ -18,9 +18,10 @@ use tower::Layer;
 
 use super::forward::UpstreamPool;
 use super::layers::{
-    BreakerLayer, BreakerService, BulkheadLayer, BulkheadService, Classifier, RateLimit,
-    RateLimitLayer, RouteReport,
+    BreakerLayer, BreakerService, BulkheadLayer, BulkheadService, RateLimit, RateLimitLayer,
+    RouteReport,
 };
+use super::outcome::Classifier;
 use super::route::Matcher;
 use super::timeout::{RequestTimeout, RequestTimeoutLayer};
 use super::upstream::{CallPlan, RetryPlan, UpstreamCall};
@@ -282,7 +283,7 @@ impl RoutePlan {
         let plan = Arc::new(CallPlan {
             per_try: route.timeouts.per_try,
             retry: retry_plan,
-            failure_statuses: classifier.failure_statuses.clone(),
+            classifier: classifier.clone(),
             report: report.clone(),
         });
         let call = UpstreamCall::new(upstream.clone(), plan);

@@ -26,7 +26,7 @@ use tower::Service;
 use super::body::Body;
 use super::forward::UpstreamPool;
 use super::layers::RouteReport;
-use super::outcome::UpstreamError;
+use super::outcome::{Classifier, UpstreamError};
 use super::reject::StackError;
 use crate::events::Severity;
 use crate::policy::backoff::Backoff;
@@ -54,8 +54,9 @@ pub struct CallPlan {
     pub per_try: Option<Duration>,
     /// Retries, when `attempts > 1`.
     pub retry: Option<RetryPlan>,
-    /// Statuses that count as failures (outlier detection, retries).
-    pub failure_statuses: Vec<u16>,
+    /// The route's classifier (failure statuses for retries and outlier
+    /// detection).
+    pub classifier: Arc<Classifier>,
     /// Where metrics and events go.
     pub report: Arc<RouteReport>,
 }
@@ -130,7 +131,7 @@ async fn call(
                 let code = response.status().as_u16();
                 TryOutcome::Status {
                     code,
-                    is_failure: plan.failure_statuses.contains(&code),
+                    is_failure: plan.classifier.is_failure_status(code),
                 }
             }
             Err(StackError::Upstream(error)) => try_outcome(*error),
@@ -195,7 +196,9 @@ async fn try_once(
         None => sent.await,
     };
     let failure = match &result {
-        Ok(response) => plan.failure_statuses.contains(&response.status().as_u16()),
+        Ok(response) => plan
+            .classifier
+            .is_failure_status(response.status().as_u16()),
         Err(_) => true,
     };
     if let Some(ejection) = pool.record(index, failure, Instant::now()) {
