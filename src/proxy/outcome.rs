@@ -32,6 +32,9 @@ pub enum Outcome {
     /// breakwater answered itself without contacting the upstream (no
     /// route, or a policy rejected the request).
     Rejected,
+    /// The client went away before a response existed (logged as 499,
+    /// like nginx).
+    Cancelled,
 }
 
 impl Outcome {
@@ -46,6 +49,7 @@ impl Outcome {
             Outcome::Reset => "reset",
             Outcome::Slow => "slow",
             Outcome::Rejected => "rejected",
+            Outcome::Cancelled => "cancelled",
         }
     }
 }

@@ -313,6 +313,12 @@ struct RequestLog {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
+        if !self.done {
+            // Dropped before any response existed: the client went away
+            // (or the request panicked, which `handle` reports itself).
+            self.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+            self.outcome = Outcome::Cancelled;
+        }
         self.finish(EndReason::Dropped);
     }
 }

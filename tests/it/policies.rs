@@ -369,6 +369,17 @@ async fn a_client_that_goes_away_releases_its_permit() {
     .await;
     upstream.control(r#"{"latency": "0ms"}"#).await;
     assert_eq!(proxy.get("/").await.status(), 200, "the slot is free again");
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"breakwater_requests_total{code="499",outcome="cancelled",route="main"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"code="200",outcome="rejected""#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
