@@ -118,9 +118,15 @@ impl OverloadState {
     }
 }
 
-/// Resident set size of this process, from `/proc/self/statm`.
+/// Resident set size of this process.
 pub fn current_rss() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    rss_of("self")
+}
+
+/// Resident set size of process `pid` (`"self"` for this one), from
+/// `/proc/PID/statm`.
+pub fn rss_of(pid: &str) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
 }

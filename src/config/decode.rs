@@ -275,6 +275,14 @@ impl<T: Decode> Decode for Vec<T> {
     }
 }
 
+/// Serializes a duration the way the config writes it (`250ms`, `5s`).
+pub fn ser_duration<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&crate::units::format_duration(*duration))
+}
+
 /// A byte size written as `64KiB`, `512MiB`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);

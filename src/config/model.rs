@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::decode::{one_of, parse_with, ByteSize, Cx, Decode, Fields};
+use super::decode::{one_of, parse_with, ser_duration, ByteSize, Cx, Decode, Fields};
 use super::policy::{
     self, Bulkhead, CircuitBreaker, HealthCheck, OutlierDetection, RateLimit, Retry, Toggle,
 };
@@ -25,13 +25,6 @@ fn ser_opt_duration<S: serde::Serializer>(
         Some(duration) => ser_duration(duration, serializer),
         None => serializer.serialize_none(),
     }
-}
-
-fn ser_duration<S: serde::Serializer>(
-    duration: &Duration,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&crate::units::format_duration(*duration))
 }
 
 /// The whole config file.

@@ -12,15 +12,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::decode::{one_of, parse_with, Cx, Decode, Fields};
+use super::decode::{one_of, parse_with, ser_duration, Cx, Decode, Fields};
 use super::yaml::{Node, Value};
-
-fn ser_duration<S: serde::Serializer>(
-    duration: &Duration,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&crate::units::format_duration(*duration))
-}
 
 /// A policy that is on (with settings) or turned off with `false`.
 #[derive(Debug, Clone, PartialEq)]

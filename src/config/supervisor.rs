@@ -5,17 +5,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::decode::{one_of, parse_with, ByteSize, Cx, Decode, Fields};
+use super::decode::{one_of, parse_with, ser_duration, ByteSize, Cx, Decode, Fields};
 use super::yaml::{Node, Value};
 use crate::supervisor::ladder::Action;
 use crate::supervisor::restart::RestartPolicy;
-
-fn ser_duration<S: serde::Serializer>(
-    duration: &Duration,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&crate::units::format_duration(*duration))
-}
 
 /// `supervisor:`
 #[derive(Debug, Clone, PartialEq, Serialize)]

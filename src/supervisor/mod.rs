@@ -641,7 +641,7 @@ impl Task {
         samples: &mut TrySamples,
     ) -> Option<&'static str> {
         if let Some(limit) = self.process.memory_limit {
-            if process_rss(pid).is_some_and(|rss| rss > limit.0) {
+            if crate::overload::rss_of(&pid.to_string()).is_some_and(|rss| rss > limit.0) {
                 return Some("memory_limit");
             }
         }
@@ -704,13 +704,6 @@ impl Task {
         }
         None
     }
-}
-
-/// Resident memory of a process, from `/proc/PID/statm`.
-fn process_rss(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
 }
 
 /// The supervisor's control channels.
