@@ -314,10 +314,15 @@ struct RequestLog {
 impl Drop for RequestLog {
     fn drop(&mut self) {
         if !self.done {
-            // Dropped before any response existed: the client went away
-            // (or the request panicked, which `handle` reports itself).
-            self.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
-            self.outcome = Outcome::Cancelled;
+            // Dropped before any response existed: the request panicked
+            // (`handle` answers it with a 500), or the client went away.
+            if std::thread::panicking() {
+                self.status = StatusCode::INTERNAL_SERVER_ERROR;
+                self.outcome = Outcome::Rejected;
+            } else {
+                self.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+                self.outcome = Outcome::Cancelled;
+            }
         }
         self.finish(EndReason::Dropped);
     }

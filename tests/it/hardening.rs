@@ -500,7 +500,12 @@ async fn a_panic_while_serving_is_isolated() {
     assert_eq!(response.headers()["x-breakwater-reason"], "internal");
     assert_eq!(response.headers()["x-request-id"], "panic-probe-1");
     assert_eq!(proxy.get("/after").await.status(), 200);
-    assert!(proxy.metrics().await.contains("breakwater_panics_total 1"));
+    let metrics = proxy.metrics().await;
+    assert!(metrics.contains("breakwater_panics_total 1"));
+    assert!(
+        metrics.contains(r#"breakwater_requests_total{code="500",outcome="rejected",route=""} 1"#),
+        "{metrics}"
+    );
     proxy
         .process
         .stderr
