@@ -21,9 +21,10 @@
 //! With `--target URL` it drives an arbitrary URL instead (for example
 //! breakwater in front of your own service) and reports the same figures.
 //!
-//! The bench reports; it never passes or fails on a timing. A later phase,
-//! resilience drills (breaker open time, crash recovery, failover), plugs in
-//! beside `measure` once the breaker and the supervisor exist.
+//! The bench reports; it never passes or fails on a timing. After the load
+//! phases (built-in mode, unless `--no-drills`), or alone with `--drills`,
+//! it runs the resilience drills of `drills.rs`: breaker open time, kill -9
+//! of a supervised upstream, failover to a backup, shed under 10× overload.
 //!
 //! Layout: `gen.rs` (load generator), `daemons.rs` (processes, configs from
 //! `config/`), `procstat.rs` (CPU and RSS from /proc), `upstream.rs` (the
@@ -31,6 +32,7 @@
 
 mod chart;
 mod daemons;
+mod drills;
 mod gen;
 mod procstat;
 mod report;
@@ -123,6 +125,12 @@ struct Args {
     /// The repository root (default: where cargo built this bench from).
     #[arg(long, env = "BREAKWATER_REPO")]
     repo: Option<PathBuf>,
+    /// Run only the resilience drills (breaker, kill -9, failover, shed; under 2 minutes).
+    #[arg(long, conflicts_with = "target")]
+    drills: bool,
+    /// Built-in mode: skip the resilience drills after the load phases.
+    #[arg(long, conflicts_with = "drills")]
+    no_drills: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -409,6 +417,14 @@ async fn run(
     settings: Settings,
     machine: report::Machine,
 ) -> Result<()> {
+    if args.drills {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| repo.join("docs/BENCHMARKS.md"));
+        let pin = settings.pinned.then_some(PROXY_CPU);
+        return run_drills(args, repo, breakwater_bin, &out, pin).await;
+    }
     let started = Instant::now();
     let results = match &args.target {
         Some(url) => run_user(args, settings, machine)
@@ -452,6 +468,43 @@ async fn run(
         out_dir.join(chart_name).display(),
         json_path.display()
     );
+    // Not with --quick, which stays under 2 minutes.
+    if args.target.is_none() && !args.no_drills && !args.quick {
+        let pin = results.settings.pinned.then_some(PROXY_CPU);
+        run_drills(args, repo, breakwater_bin, &out, pin).await?;
+    }
+    Ok(())
+}
+
+/// The resilience drills (`drills.rs`): run, print, write into `out`.
+async fn run_drills(
+    args: &Args,
+    repo: &Path,
+    breakwater_bin: &Path,
+    out: &Path,
+    pin: Option<usize>,
+) -> Result<()> {
+    if !breakwater_bin.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release`, or pass --breakwater-bin",
+            breakwater_bin.display()
+        );
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("breakwater-drills-")
+        .tempdir()?;
+    eprintln!(
+        "load bench: resilience drills (configs and logs in {})",
+        dir.path().display()
+    );
+    let drills = drills::run_all(breakwater_bin, dir.path(), pin).await;
+    let section = drills::markdown(&drills, &args.command_line(), &report::revision(repo));
+    println!("{section}");
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    drills::write_section(out, &section)?;
+    eprintln!("load bench: drills in {}", out.display());
     Ok(())
 }
 
@@ -775,6 +828,9 @@ impl Args {
         let mut command = String::from("cargo bench --bench load --");
         if self.quick {
             command.push_str(" --quick");
+        }
+        if self.drills {
+            command.push_str(" --drills");
         }
         if let Some(runs) = self.runs {
             command.push_str(&format!(" --runs {runs}"));

@@ -41,7 +41,8 @@ pub struct Daemon {
 // === impl Daemon ===
 
 impl Daemon {
-    fn spawn(name: &str, mut command: Command, log: &Path) -> Result<Self> {
+    /// Starts `command` in its own process group, output to `log`.
+    pub fn spawn(name: &str, mut command: Command, log: &Path) -> Result<Self> {
         let log_file = std::fs::File::create(log)?;
         command
             .stdin(Stdio::null())

@@ -788,8 +788,8 @@ fn spec_section(medians: &Medians<'_>, results: &Results) -> String {
     ]);
     table.rows.push(vec![
         "recovery: crash → serving ≤ backoff + start + 100 ms; failover → 0 failed idempotent requests".into(),
-        "the resilience-drill phase comes with the supervisor (parts 3–4)".into(),
-        "not measured".into(),
+        "the resilience drills (`-- --drills`; after the load phases unless `--no-drills`): see \"Resilience drills\" below".into(),
+        "not in this table".into(),
     ]);
     format!(
         "### SPEC §10 budgets against this run\n\nReported, not asserted. \"Added\" is the target's median percentile minus direct's; \

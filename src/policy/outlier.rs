@@ -10,7 +10,11 @@
 //! each other; when they all fail, the upstream as a whole is down, which
 //! is the breaker's business, and ejecting everything would only turn
 //! errors into "no endpoint". Envoy's outlier detection works the same way
-//! (there the cap may be overshot by one; here it is strict).
+//! (there the cap may be overshot by one; here it is strict). The exception
+//! is a set with a spare ([`OutlierDetector::with_spare`]): when backup
+//! endpoints stand behind the primaries, ejecting every failing primary
+//! does not leave nothing to serve — its traffic spills to the backups, as
+//! in Envoy's priority failover — so the cap does not hold them back.
 //!
 //! The hot calls are lock-free: [`OutlierDetector::record`] touches one
 //! per-endpoint atomic counter and [`OutlierDetector::is_available`] one
@@ -71,6 +75,9 @@ pub struct OutlierDetector {
     endpoints: Box<[EndpointHealth]>,
     /// Ejection bookkeeping, changed only on ejection and return.
     ejections: Mutex<Ejections>,
+    /// Another set (the backups) takes the traffic of ejected endpoints,
+    /// so all of them may be ejected.
+    spare: bool,
 }
 
 #[derive(Debug, Default)]
@@ -108,7 +115,15 @@ impl Default for OutlierConfig {
 impl OutlierDetector {
     /// A detector for endpoints `0..n_endpoints`, all in rotation.
     pub fn new(config: OutlierConfig, n_endpoints: usize) -> Self {
+        Self::with_spare(config, n_endpoints, false)
+    }
+
+    /// A detector for endpoints with a spare set behind them (backups):
+    /// with `spare`, `max_ejection_percent` and the keep-one rule do not
+    /// apply, since ejected endpoints' traffic goes to the spare.
+    pub fn with_spare(config: OutlierConfig, n_endpoints: usize, spare: bool) -> Self {
         OutlierDetector {
+            spare,
             config,
             endpoints: (0..n_endpoints)
                 .map(|_| EndpointHealth::default())
@@ -224,6 +239,9 @@ impl OutlierDetector {
     /// The most endpoints that may be ejected at once.
     fn max_ejected(&self) -> usize {
         let n_endpoints = self.endpoints.len();
+        if self.spare {
+            return n_endpoints;
+        }
         let percent = usize::try_from(self.config.max_ejection_percent).unwrap_or(usize::MAX);
         (n_endpoints.saturating_mul(percent) / 100).min(n_endpoints.saturating_sub(1))
     }
@@ -295,3 +313,37 @@ impl Ejections {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod spare_tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn with_a_spare_set_the_last_endpoint_can_be_ejected() {
+        let config = OutlierConfig {
+            consecutive_failures: 2,
+            base_ejection_time: Duration::from_secs(1),
+            max_ejection_percent: 50,
+        };
+        let now = Instant::now();
+        let alone = OutlierDetector::new(config, 1);
+        for _ in 0..3 {
+            assert!(
+                alone.record(0, true, now).is_none(),
+                "without a spare the last endpoint stays"
+            );
+        }
+        let backed = OutlierDetector::with_spare(config, 1, true);
+        assert!(backed.record(0, true, now).is_none());
+        assert!(
+            backed.record(0, true, now).is_some(),
+            "with backups behind it, it is ejected"
+        );
+        assert!(!backed.is_available(0, now));
+        assert!(backed.is_available(0, now + Duration::from_secs(1)));
+    }
+}

@@ -94,13 +94,16 @@ impl UpstreamPool {
         let endpoints: Vec<Endpoint> = parse(&config.endpoints).into_iter().map(endpoint).collect();
         let backup: Vec<Endpoint> = parse(&config.backup).into_iter().map(endpoint).collect();
         let outlier = config.outlier_detection.on().map(|outlier| {
-            OutlierDetector::new(
+            OutlierDetector::with_spare(
                 OutlierConfig {
                     consecutive_failures: outlier.consecutive_failures,
                     base_ejection_time: outlier.base_ejection_time,
                     max_ejection_percent: outlier.max_ejection_percent,
                 },
                 endpoints.len(),
+                // With backups, every failing primary may be ejected: its
+                // traffic spills to the backups instead of retrying a dead one.
+                !backup.is_empty(),
             )
         });
         UpstreamPool {
