@@ -92,9 +92,10 @@ pub async fn handle(
     // After an HTTP/1 upgrade request the guard stops framing the
     // connection, so unless the upgrade happens the connection must end.
     let http1 = request.version() <= Version::HTTP_11;
-    let http1_upgrade = http1 && headers::is_upgrade(request.headers());
+    let upgrade = headers::is_upgrade(request.headers());
+    let http1_upgrade = http1 && upgrade;
     let served = CatchUnwind {
-        inner: serve(context.clone(), request, request_id.clone()),
+        inner: serve(context.clone(), request, request_id.clone(), upgrade),
     }
     .await;
     let mut response = match served {
@@ -137,6 +138,7 @@ async fn serve(
     context: Arc<ConnContext>,
     request: Request<Incoming>,
     request_id: HeaderValue,
+    upgrade: bool,
 ) -> Response<Body> {
     let start = Instant::now();
     context.activity.begin();
@@ -192,7 +194,6 @@ async fn serve(
             .authority()
             .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
     });
-    let upgrade = headers::is_upgrade(&parts.headers);
     let downstream = Downstream {
         peer: context.peer.ip(),
         proto: context.proto,

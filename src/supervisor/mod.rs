@@ -352,47 +352,32 @@ impl Task {
                 Ended::Exited(exit) => exit,
                 Ended::Restart(reason) => {
                     let exit = running.stop(stop_signal, self.process.stop_grace).await;
-                    self.state
-                        .metrics
-                        .supervisor_restarts
-                        .with_label_values(&[reason])
-                        .inc();
+                    self.record_end(exit);
+                    self.count_restart(reason);
                     events.emit(
                         "process_restart",
                         &self.name,
                         Severity::Warning,
                         &format!("pid {pid}: restarted ({reason}); {}", describe(exit)),
                     );
-                    self.supervisor.update(|status| {
-                        status.restarts += 1;
-                        status.last_exit = Some(describe(exit));
-                    });
                     continue;
                 }
                 Ended::Stop => {
                     let exit = running.stop(stop_signal, self.process.stop_grace).await;
+                    self.record_end(exit);
+                    self.supervisor.update(|status| status.state = "stopped");
                     events.emit(
                         "process_stop",
                         &self.name,
                         Severity::Info,
                         &format!("pid {pid}: {}", describe(exit)),
                     );
-                    self.supervisor.update(|status| {
-                        status.state = "stopped";
-                        status.pid = None;
-                        status.started_at = None;
-                        status.last_exit = Some(describe(exit));
-                    });
                     break;
                 }
             };
             let now = Instant::now();
             let decision = tracker.on_exit(exit, started, now, rand::random());
-            self.supervisor.update(|status| {
-                status.pid = None;
-                status.started_at = None;
-                status.last_exit = Some(describe(exit));
-            });
+            self.record_end(exit);
             match decision {
                 Decision::Restart { after } => {
                     let reason = if matches!(exit, Exit::Signal(_)) {
@@ -400,11 +385,7 @@ impl Task {
                     } else {
                         "exit"
                     };
-                    self.state
-                        .metrics
-                        .supervisor_restarts
-                        .with_label_values(&[reason])
-                        .inc();
+                    self.count_restart(reason);
                     events.emit(
                         "process_exit",
                         &self.name,
@@ -413,7 +394,6 @@ impl Task {
                     );
                     self.supervisor.update(|status| {
                         status.state = "backoff";
-                        status.restarts += 1;
                         status.next_start_at = Some(now + after);
                     });
                     tokio::select! {
@@ -576,6 +556,25 @@ impl Task {
             self.record_attempt(action, result, started);
             ladder.on_done();
         }
+    }
+
+    /// Notes that the current run ended with `exit`.
+    fn record_end(&self, exit: Exit) {
+        self.supervisor.update(|status| {
+            status.pid = None;
+            status.started_at = None;
+            status.last_exit = Some(describe(exit));
+        });
+    }
+
+    /// Counts one restart, for `/status` and the metric.
+    fn count_restart(&self, reason: &str) {
+        self.state
+            .metrics
+            .supervisor_restarts
+            .with_label_values(&[reason])
+            .inc();
+        self.supervisor.update(|status| status.restarts += 1);
     }
 
     fn record_attempt(&self, action: Action, result: &str, started: Instant) {
