@@ -11,8 +11,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body::Body as _;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+
+use super::client::Lease;
 
 /// Errors a body can yield; allocated only when one happens.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,6 +33,25 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
+    /// An upstream response body on a pooled connection.
+    Leased(Leased),
+}
+
+/// An upstream response body and the connection it arrives on, which
+/// goes back to its pool once the body has reached its end.
+struct Leased {
+    incoming: Incoming,
+    lease: Lease,
+}
+
+impl Drop for Leased {
+    fn drop(&mut self) {
+        // A body nobody read to the end may still be complete (an empty
+        // or fully counted one); otherwise the connection closes with it.
+        if self.incoming.is_end_stream() {
+            self.lease.release();
+        }
+    }
 }
 
 /// Runs once when a body finishes or is dropped.
@@ -103,6 +125,16 @@ impl Body {
         }
     }
 
+    /// An upstream response body whose connection returns to its pool
+    /// when the body ends.
+    pub fn leased(incoming: Incoming, lease: Lease) -> Self {
+        Body {
+            kind: Kind::Leased(Leased { incoming, lease }),
+            completion: None,
+            permit: None,
+        }
+    }
+
     /// Holds `permit` until this body is dropped.
     pub fn with_permit(mut self, permit: crate::policy::bulkhead::BulkheadPermit) -> Self {
         self.permit = Some(permit);
@@ -140,6 +172,23 @@ impl http_body::Body for Body {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            Kind::Leased(leased) => {
+                let polled = match Pin::new(&mut leased.incoming).poll_frame(cx) {
+                    Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+                    Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                };
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => leased.incoming.is_end_stream(),
+                    _ => false,
+                };
+                if ended {
+                    leased.lease.release();
+                }
+                polled
+            }
         };
         match &polled {
             Poll::Ready(None) => this.finish(EndReason::Complete),
@@ -157,6 +206,7 @@ impl http_body::Body for Body {
             Kind::Empty => true,
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Incoming(incoming) => incoming.is_end_stream(),
+            Kind::Leased(leased) => leased.incoming.is_end_stream(),
         }
     }
 
@@ -165,6 +215,7 @@ impl http_body::Body for Body {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Incoming(incoming) => incoming.size_hint(),
+            Kind::Leased(leased) => leased.incoming.size_hint(),
         }
     }
 }

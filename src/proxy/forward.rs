@@ -1,7 +1,8 @@
 //! Connection pools to one upstream, and the choice of endpoint.
 //!
-//! [`UpstreamPool`] owns the keep-alive pools of one upstream (hyper-util's
-//! pooled client, one per protocol in use) and its endpoints' health: the
+//! [`UpstreamPool`] owns the keep-alive pools of one upstream (breakwater's
+//! own HTTP/1.1 pool per endpoint, [`super::client`]; hyper-util's pooled
+//! client for h2c, which multiplexes one connection per endpoint) and its endpoints' health: the
 //! active health check's verdict per endpoint, and passive outlier
 //! detection from live traffic (SPEC §3.6). [`UpstreamPool::pick`] chooses
 //! round robin among the available primary endpoints, avoiding the one a
@@ -13,29 +14,25 @@
 //! endpoint (Envoy's "panic threshold"). Endpoint indices run over the
 //! primaries first, then the backups.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use super::body::Body;
+use super::client::Http1Pool;
 use super::outcome::UpstreamError;
 use crate::config::{Protocol, Upstream};
 use crate::policy::outlier::{Ejection, OutlierConfig, OutlierDetector};
 
 type HttpClient = Client<HttpConnector, Body>;
 
-/// Idle upstream connections are closed after this.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+use super::client::IDLE_TIMEOUT as POOL_IDLE_TIMEOUT;
 
 /// One primary endpoint and its active-health verdict.
 pub struct Endpoint {
@@ -43,6 +40,8 @@ pub struct Endpoint {
     pub authority: Authority,
     /// False while the active health check says unhealthy.
     pub healthy: AtomicBool,
+    /// Keep-alive HTTP/1.1 connections to it.
+    pub http1: Arc<Http1Pool>,
 }
 
 /// Connection pools, endpoints and their health for one upstream.
@@ -63,7 +62,6 @@ pub struct UpstreamPool {
     tries: AtomicU64,
     failed_tries: AtomicU64,
     outlier: Option<OutlierDetector>,
-    http1: HttpClient,
     http2: HttpClient,
 }
 
@@ -85,9 +83,9 @@ impl UpstreamPool {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
-        let http1 = builder.clone().build(connector.clone());
         let http2 = builder.http2_only(true).build(connector);
-        let endpoint = |authority| Endpoint {
+        let endpoint = |authority: Authority| Endpoint {
+            http1: Http1Pool::new(authority.clone(), config.connect_timeout),
             authority,
             healthy: AtomicBool::new(true),
         };
@@ -116,7 +114,6 @@ impl UpstreamPool {
             tries: AtomicU64::new(0),
             failed_tries: AtomicU64::new(0),
             outlier,
-            http1,
             http2,
         }
     }
@@ -243,11 +240,22 @@ impl UpstreamPool {
         self.outlier.as_ref()
     }
 
-    /// Sends `request` to endpoint `index`, rewriting its target.
-    pub fn send(&self, index: usize, mut request: Request<Body>) -> ForwardFuture {
-        let Some(endpoint) = self.endpoint(index) else {
-            return ForwardFuture { inner: None };
+    /// Sends `request` to endpoint `index`: HTTP/1.1 on the endpoint's
+    /// own keep-alive pool, HTTP/2 on the shared h2c client.
+    pub async fn send(
+        &self,
+        index: usize,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let endpoint = self.endpoint(index).ok_or(UpstreamError::Connect)?;
+        let use_http2 = match self.config.protocol {
+            Protocol::Http1 => false,
+            Protocol::Http2 => true,
+            Protocol::Auto => request.version() == Version::HTTP_2,
         };
+        if !use_http2 {
+            return endpoint.http1.send(request).await;
+        }
         let path = request
             .uri()
             .path_and_query()
@@ -257,64 +265,27 @@ impl UpstreamPool {
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(endpoint.authority.clone());
         parts.path_and_query = Some(path);
-        let Ok(uri) = Uri::from_parts(parts) else {
-            return ForwardFuture { inner: None };
-        };
-        *request.uri_mut() = uri;
-        let use_http2 = match self.config.protocol {
-            Protocol::Http1 => false,
-            Protocol::Http2 => true,
-            Protocol::Auto => request.version() == Version::HTTP_2,
-        };
-        let client = if use_http2 {
-            *request.version_mut() = Version::HTTP_2;
-            &self.http2
-        } else {
-            *request.version_mut() = Version::HTTP_11;
-            &self.http1
-        };
-        ForwardFuture {
-            inner: Some(client.request(request)),
+        *request.uri_mut() = Uri::from_parts(parts).map_err(|_| UpstreamError::Connect)?;
+        *request.version_mut() = Version::HTTP_2;
+        match self.http2.request(request).await {
+            Ok(response) => Ok(response.map(Body::incoming)),
+            Err(error) => {
+                let classified = UpstreamError::classify(&error);
+                tracing::debug!(error = %error, kind = ?classified, "Upstream request failed.");
+                Err(classified)
+            }
         }
     }
 
     /// A plain GET with no body, for the active health check.
-    pub fn probe(&self, index: usize, path: &str) -> ForwardFuture {
+    pub async fn probe(&self, index: usize, path: &str) -> Result<Response<Body>, UpstreamError> {
         let mut request = Request::new(Body::empty());
-        match path.parse() {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(_) => return ForwardFuture { inner: None },
-        }
+        *request.uri_mut() = path.parse().map_err(|_| UpstreamError::Connect)?;
         if let Some(endpoint) = self.endpoint(index) {
             if let Ok(host) = http::HeaderValue::from_str(endpoint.authority.as_str()) {
                 request.headers_mut().insert(http::header::HOST, host);
             }
         }
-        self.send(index, request)
-    }
-}
-
-/// Response future of [`UpstreamPool::send`].
-pub struct ForwardFuture {
-    /// `None` when the request could not be addressed.
-    inner: Option<ResponseFuture>,
-}
-
-impl Future for ForwardFuture {
-    type Output = Result<Response<Incoming>, UpstreamError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(Err(UpstreamError::Connect));
-        };
-        match Pin::new(inner).poll(cx) {
-            Poll::Ready(Ok(response)) => Poll::Ready(Ok(response)),
-            Poll::Ready(Err(error)) => {
-                let classified = UpstreamError::classify(&error);
-                tracing::debug!(error = %error, kind = ?classified, "Upstream request failed.");
-                Poll::Ready(Err(classified))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        self.send(index, request).await
     }
 }

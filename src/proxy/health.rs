@@ -112,7 +112,12 @@ async fn probe(pool: &UpstreamPool, index: usize, check: &HealthCheck) -> bool {
     }
 }
 
-async fn within_http(limit: Duration, sent: super::forward::ForwardFuture) -> Option<u16> {
+async fn within_http(
+    limit: Duration,
+    sent: impl std::future::Future<
+        Output = Result<http::Response<super::body::Body>, super::outcome::UpstreamError>,
+    >,
+) -> Option<u16> {
     match tokio::time::timeout(limit, sent).await {
         Ok(Ok(response)) => Some(response.status().as_u16()),
         _ => None,

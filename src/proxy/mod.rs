@@ -16,6 +16,7 @@
 //! completion hook), [`service`] (the per-request walk-through).
 
 pub mod body;
+pub mod client;
 pub mod forward;
 pub mod framing;
 pub mod guard;

@@ -217,9 +217,7 @@ async fn try_once(
             ),
         );
     }
-    let result = result
-        .map(|response| response.map(Body::incoming))
-        .map_err(StackError::Upstream);
+    let result = result.map_err(StackError::Upstream);
     (Some(index), result)
 }
 
