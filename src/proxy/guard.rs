@@ -87,7 +87,10 @@ pub struct GuardedStream {
     timeouts: GuardTimeouts,
     /// Deadline of the running timer and what it guards.
     deadline: Option<(Instant, Phase)>,
-    sleep: Option<Pin<Box<Sleep>>>,
+    /// Allocated at accept with the connection's other long-lived state,
+    /// not later among a request's short-lived buffers (which would leave
+    /// it pinning their pages after they are freed).
+    sleep: Pin<Box<Sleep>>,
     refused: bool,
 }
 
@@ -109,8 +112,21 @@ impl GuardedStream {
             counters,
             timeouts,
             deadline,
-            sleep: None,
+            sleep: Box::pin(tokio::time::sleep_until(
+                deadline.map_or_else(Instant::now, |(at, _)| at),
+            )),
             refused: false,
+        }
+    }
+
+    /// Waits until the client sent something (or closed), without reading.
+    pub async fn readable(&self) -> io::Result<()> {
+        match &self.inner {
+            Some(stream) => stream.readable().await,
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "connection closed",
+            )),
         }
     }
 
@@ -233,18 +249,10 @@ impl AsyncRead for GuardedStream {
                 let Some((deadline, guarding)) = this.deadline else {
                     return Poll::Pending;
                 };
-                let sleep = match &mut this.sleep {
-                    Some(sleep) => {
-                        if sleep.deadline() != deadline {
-                            sleep.as_mut().reset(deadline);
-                        }
-                        sleep
-                    }
-                    None => this
-                        .sleep
-                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
-                };
-                ready!(sleep.as_mut().poll(cx));
+                if this.sleep.deadline() != deadline {
+                    this.sleep.as_mut().reset(deadline);
+                }
+                ready!(this.sleep.as_mut().poll(cx));
                 this.deadline = None;
                 let counters = this.counters.clone();
                 let error = match guarding {
@@ -295,6 +303,15 @@ impl AsyncWrite for GuardedStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Parking an idle connection ends hyper's session on it, not the
+        // connection: the socket stays open for the client's next request.
+        if self
+            .context
+            .parking
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Pin::new(self.inner()?).poll_flush(cx);
+        }
         Pin::new(self.inner()?).poll_shutdown(cx)
     }
 }

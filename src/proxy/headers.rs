@@ -56,6 +56,21 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|value| tokens(value).any(|token| token.eq_ignore_ascii_case(b"upgrade")))
 }
 
+/// Whether an HTTP/1 request leaves its connection open after the
+/// response: HTTP/1.1 unless `connection: close`; HTTP/1.0 only with
+/// `connection: keep-alive` (RFC 9112 §9.3).
+pub fn keeps_alive(version: http::Version, headers: &HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in tokens(value) {
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    !close && (version >= http::Version::HTTP_11 || keep_alive)
+}
+
 /// The comma-separated tokens of a header value, as bytes. Never via
 /// `to_str`, which fails on any byte ≥ 0x80: a value like
 /// `upgrade, \xa8` must read the same here as in the framing guard, or
@@ -185,6 +200,24 @@ pub fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_alive_follows_version_and_connection_tokens() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONNECTION, HeaderValue::from_static(value));
+            headers
+        };
+        let none = HeaderMap::new();
+        assert!(keeps_alive(http::Version::HTTP_11, &none));
+        assert!(!keeps_alive(http::Version::HTTP_11, &with("Close")));
+        assert!(!keeps_alive(
+            http::Version::HTTP_11,
+            &with("keep-alive, close")
+        ));
+        assert!(!keeps_alive(http::Version::HTTP_10, &none));
+        assert!(keeps_alive(http::Version::HTTP_10, &with("Keep-Alive")));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();

@@ -49,14 +49,24 @@ pub struct ConnContext {
     /// after an upgrade request: unless the upgrade happens, the
     /// connection must close after the response.
     pub framing_stopped: std::sync::atomic::AtomicBool,
+    /// Set when this HTTP/1 connection must end after the current
+    /// response: the client asked for it, breakwater answered
+    /// `connection: close`, or the connection is being upgraded. Such a
+    /// connection is never parked.
+    pub close_after: std::sync::atomic::AtomicBool,
+    /// Set while the connection loop parks an idle HTTP/1 connection: the
+    /// guard then keeps the socket open when hyper shuts its side down.
+    pub parking: std::sync::atomic::AtomicBool,
 }
 
-/// Counts requests on one connection so an idle one can be closed.
+/// Counts requests on one connection so an idle one can be closed, and
+/// wakes the connection loop when the last one in flight ends.
 #[derive(Debug, Default)]
 pub struct Activity {
     in_flight: AtomicUsize,
     /// Bumped at every request start and end.
     generation: AtomicU64,
+    quiet: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -66,8 +76,17 @@ impl Activity {
     }
 
     fn end(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let before = self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::Relaxed);
+        if before == 1 {
+            self.quiet.notify_one();
+        }
+    }
+
+    /// Resolves after the last request in flight ended (at once if that
+    /// happened since the previous call).
+    pub async fn quiet(&self) {
+        self.quiet.notified().await;
     }
 
     /// A token that changes whenever a request starts or ends, and whether
@@ -94,6 +113,7 @@ pub async fn handle(
     let http1 = request.version() <= Version::HTTP_11;
     let upgrade = headers::is_upgrade(request.headers());
     let http1_upgrade = http1 && upgrade;
+    let client_closes = http1 && !headers::keeps_alive(request.version(), request.headers());
     let served = CatchUnwind {
         inner: serve(context.clone(), request, request_id.clone(), upgrade),
     }
@@ -130,6 +150,9 @@ pub async fn handle(
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    if http1 && (client_closes || stop_keep_alive || unframed) {
+        context.close_after.store(true, Ordering::Relaxed);
     }
     Ok(response)
 }

@@ -495,3 +495,62 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
     })
     .await;
 }
+
+/// Reads from `stream` until `count` complete bodiless responses arrived.
+fn read_heads(stream: &mut TcpStream, count: usize) -> String {
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while String::from_utf8_lossy(&seen).matches("\r\n\r\n").count() < count {
+        let n = stream.read(&mut chunk).expect("read a response");
+        assert!(
+            n > 0,
+            "connection closed early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn parked_keep_alive_connections_keep_serving() {
+    // An idle HTTP/1 connection is parked (hyper's session and buffers
+    // dropped, the socket kept); the client must not notice.
+    let upstream = sim("app").run().await;
+    let proxy = proxy(&single_route(&upstream.address, "", ""))
+        .env("RUST_LOG", "info,breakwater::proxy::conn=trace")
+        .run()
+        .await;
+    let mut stream = TcpStream::connect(proxy.listen).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"HEAD /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let first = read_heads(&mut stream, 1);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    proxy
+        .process
+        .stderr
+        .wait_for("Parked an idle connection.", Duration::from_secs(5))
+        .await;
+
+    // Two pipelined requests after the park, then one that closes.
+    stream
+        .write_all(b"HEAD /two HTTP/1.1\r\nHost: x\r\n\r\nHEAD /three HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let pipelined = read_heads(&mut stream, 2);
+    assert_eq!(pipelined.matches("HTTP/1.1 200").count(), 2, "{pipelined}");
+    stream
+        .write_all(b"HEAD /four HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut last = Vec::new();
+    stream
+        .read_to_end(&mut last)
+        .expect("the proxy closes after connection: close");
+    let last = String::from_utf8_lossy(&last);
+    assert!(last.starts_with("HTTP/1.1 200"), "{last}");
+    assert_eq!(upstream.stats().await["last_request"]["path"], "/four");
+    assert_eq!(upstream.requests().await, 4);
+}
