@@ -138,12 +138,11 @@ impl GuardedStream {
 
     /// Re-arms the timer after the framer moved on.
     fn update_deadline(&mut self, before: Phase) {
-        let now = Instant::now();
         self.deadline = match self.framer.phase() {
             Phase::Head if before == Phase::Head => self.deadline,
             Phase::Head if self.framer.n_heads == 0 => self.deadline,
-            Phase::Head => Some((now + self.timeouts.header_read, Phase::Head)),
-            Phase::Body => Some((now + self.timeouts.body_read_idle, Phase::Body)),
+            Phase::Head => Some((Instant::now() + self.timeouts.header_read, Phase::Head)),
+            Phase::Body => Some((Instant::now() + self.timeouts.body_read_idle, Phase::Body)),
             Phase::Idle | Phase::Passthrough => None,
         };
     }

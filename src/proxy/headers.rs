@@ -8,6 +8,7 @@
 //! appended, and `x-forwarded-proto`/`-host` are overwritten unless the
 //! listener trusts them.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -123,20 +124,51 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Prepares downstream request headers for the upstream.
 pub fn sanitize_request(headers: &mut HeaderMap, upgrade: bool, downstream: Downstream<'_>) {
-    strip_hop_by_hop(headers, upgrade);
-    drop_breakwater_headers(headers);
+    // One pass over the names first: most requests carry no hop-by-hop or
+    // x-breakwater-* header, and then the removals by name (a hash and a
+    // probe each) are skipped.
+    let (hop_by_hop, ours) = headers.keys().fold((false, false), |(hop, ours), name| {
+        (
+            hop || name == header::TE || HOP_BY_HOP.contains(name),
+            ours || name.as_str().starts_with("x-breakwater-"),
+        )
+    });
+    if hop_by_hop {
+        strip_hop_by_hop(headers, upgrade);
+    }
+    if ours {
+        drop_breakwater_headers(headers);
+    }
+    // Room for the x-forwarded-* trio: the map grows once, not per insert.
+    headers.reserve(3);
 
-    let peer = downstream.peer.to_string();
+    // The peer's address, formatted on the stack.
+    let mut text = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    let _ = write!(cursor, "{}", downstream.peer);
+    let written = usize::try_from(cursor.position()).unwrap_or(0);
+    let peer = &text[..written];
     let forwarded_for = match headers
         .get(&X_FORWARDED_FOR)
         .and_then(|value| value.to_str().ok())
+        .map(str::trim)
     {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {peer}"),
-        _ => peer,
+        Some(existing) if !existing.is_empty() => {
+            let mut joined = Vec::with_capacity(existing.len() + 2 + peer.len());
+            joined.extend_from_slice(existing.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer);
+            HeaderValue::from_bytes(&joined)
+        }
+        _ => HeaderValue::from_bytes(peer),
     };
-    headers.remove(&X_FORWARDED_FOR);
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+    match forwarded_for {
+        Ok(value) => {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+        Err(_) => {
+            headers.remove(&X_FORWARDED_FOR);
+        }
     }
 
     if !downstream.trust_forwarded || !headers.contains_key(&X_FORWARDED_PROTO) {

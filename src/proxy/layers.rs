@@ -364,6 +364,42 @@ pub struct BulkheadService<S> {
 
 type BoxResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, StackError>> + Send>>;
 
+pin_project! {
+    /// Response future of [`BulkheadService`]: the common cases (no
+    /// bulkhead, or a permit at once) without an allocation; waiting in
+    /// the queue, or shed, boxed.
+    // pin_project_lite takes no doc comments on variant fields.
+    #[allow(missing_docs)]
+    #[project = BulkheadProj]
+    pub enum BulkheadFuture<F> {
+        /// No bulkhead, or the permit was taken at once (held until the
+        /// response, then moved into its body).
+        Direct { #[pin] call: F, permit: Option<crate::policy::bulkhead::BulkheadPermit> },
+        /// Queued or shed.
+        Boxed { future: BoxResponseFuture },
+    }
+}
+
+impl<F> Future for BulkheadFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, StackError>>,
+{
+    type Output = Result<Response<Body>, StackError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            BulkheadProj::Direct { call, permit } => {
+                let result = std::task::ready!(call.poll(cx));
+                Poll::Ready(result.map(|response| match permit.take() {
+                    Some(permit) => response.map(|body| body.with_permit(permit)),
+                    None => response,
+                }))
+            }
+            BulkheadProj::Boxed { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
 impl<S> Service<Request<Body>> for BulkheadService<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = StackError>
@@ -374,7 +410,7 @@ where
 {
     type Response = Response<Body>;
     type Error = StackError;
-    type Future = BoxResponseFuture;
+    type Future = BulkheadFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StackError>> {
         self.inner.poll_ready(cx)
@@ -382,28 +418,32 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let Some(bulkhead) = &self.bulkhead else {
-            return Box::pin(self.inner.call(request));
+            return BulkheadFuture::Direct {
+                call: self.inner.call(request),
+                permit: None,
+            };
         };
         let acquired = bulkhead.try_acquire();
         let report = self.report.clone();
         let waiting = match acquired {
             Ok(permit) => {
-                let call = self.inner.call(request);
-                return Box::pin(async move {
-                    call.await
-                        .map(|response| response.map(|body| body.with_permit(permit)))
-                });
+                return BulkheadFuture::Direct {
+                    call: self.inner.call(request),
+                    permit: Some(permit),
+                };
             }
             Err(Shed::Full) if bulkhead.max_queue() > 0 => bulkhead.acquire(),
             Err(shed) => {
                 report.shed(shed.as_str());
-                return Box::pin(std::future::ready(Err(StackError::Rejected(
-                    Rejection::Shed,
-                ))));
+                return BulkheadFuture::Boxed {
+                    future: Box::pin(std::future::ready(Err(StackError::Rejected(
+                        Rejection::Shed,
+                    )))),
+                };
             }
         };
         let mut inner = self.inner.clone();
-        Box::pin(async move {
+        let future = Box::pin(async move {
             match waiting.await {
                 Ok(permit) => {
                     let response = inner.call(request).await?;
@@ -414,6 +454,7 @@ where
                     Err(StackError::Rejected(Rejection::Shed))
                 }
             }
-        })
+        });
+        BulkheadFuture::Boxed { future }
     }
 }
