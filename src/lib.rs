@@ -31,4 +31,5 @@ pub mod sim;
 pub mod state;
 pub mod supervisor;
 pub mod telemetry;
+pub mod trim;
 pub mod units;

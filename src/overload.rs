@@ -7,7 +7,8 @@
 //! than it is left, so a process hovering at a threshold does not flap.
 //! [`Ladder`] is the pure decision (RSS in, level out); [`spawn`] samples
 //! `/proc/self/statm` and publishes the level for the data plane, which
-//! only reads one atomic per request.
+//! only reads one atomic per request. The same samples drive
+//! [`crate::trim`], which hands freed heap back after a burst.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -136,6 +137,8 @@ pub fn rss_of(pid: &str) -> Option<u64> {
 pub fn spawn(state: Arc<State>) {
     tokio::spawn(async move {
         let mut ladder = Ladder::new(state.snapshot().config.overload.memory.0);
+        let requests = || state.requests.load(Ordering::Relaxed);
+        let mut trim = crate::trim::TrimPolicy::new(current_rss().unwrap_or(0), requests());
         let mut ticks = tokio::time::interval(SAMPLE_EVERY);
         let mut shutdown = state.shutdown.subscribe();
         loop {
@@ -146,6 +149,12 @@ pub fn spawn(state: Arc<State>) {
             let limit = state.snapshot().config.overload.memory.0;
             ladder.set_limit(limit);
             let Some(rss) = current_rss() else { continue };
+            if trim.sample(rss, requests()) {
+                crate::trim::release_free_memory();
+                let after = current_rss().unwrap_or(rss);
+                tracing::debug!(before = rss, after, "Returned free heap to the OS.");
+                trim.trimmed(after);
+            }
             if let Some(level) = ladder.update(rss) {
                 state.overload.set(level);
                 state.metrics.overload_level.set(level as i64);

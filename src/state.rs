@@ -44,6 +44,8 @@ pub struct State {
     pub overload: crate::overload::OverloadState,
     /// Requests currently being served, all listeners.
     pub in_flight: AtomicUsize,
+    /// Requests started since launch, all listeners (for [`crate::trim`]).
+    pub requests: std::sync::atomic::AtomicU64,
     /// When breakwater started.
     pub started: Instant,
     /// Flips to true when shutdown begins; listeners and connections watch it.
@@ -74,6 +76,7 @@ impl State {
             overrides,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            requests: std::sync::atomic::AtomicU64::new(0),
             overload: crate::overload::OverloadState::default(),
             supervisor: std::sync::OnceLock::new(),
             started: Instant::now(),

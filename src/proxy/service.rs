@@ -166,6 +166,7 @@ async fn serve(
     let start = Instant::now();
     context.activity.begin();
     context.state.in_flight.fetch_add(1, Ordering::Relaxed);
+    context.state.requests.fetch_add(1, Ordering::Relaxed);
     let snapshot = context.state.snapshot();
     let (mut parts, body) = request.into_parts();
     let log = RequestLog {
