@@ -558,9 +558,12 @@ impl Task {
         }
     }
 
-    /// Notes that the current run ended with `exit`.
+    /// Notes that the current run ended with `exit`. The state leaves
+    /// `running` in the same update, so `/status` never shows a running
+    /// process without a pid (or with the restart already counted).
     fn record_end(&self, exit: Exit) {
         self.supervisor.update(|status| {
+            status.state = "exited";
             status.pid = None;
             status.started_at = None;
             status.last_exit = Some(describe(exit));
