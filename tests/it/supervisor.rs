@@ -57,6 +57,33 @@ async fn ready(proxy: &Proxy) {
 }
 
 #[tokio::test]
+async fn one_worker_thread_runs_the_current_thread_runtime_end_to_end() {
+    // `--threads 1` (a sidecar's usual single core) runs tokio's
+    // current-thread scheduler: proxying, supervision and the admin port
+    // must all live on that one thread.
+    let address = format!("127.0.0.1:{}", free_port());
+    let proxy = proxy(&config(&address, &sim_process(&address, "")))
+        .arg("--threads")
+        .arg("1")
+        .run()
+        .await;
+    ready(&proxy).await;
+    assert_eq!(proxy.get("/").await.headers()["x-sim-name"], "child");
+    let pid = supervisor(&proxy).await["pid"].as_u64().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    eventually("restarted and serving", Duration::from_secs(20), || async {
+        let status = supervisor(&proxy).await;
+        let serving = proxy.get("/").await.status() == 200;
+        (serving && status["restarts"] == 1 && status["state"] == "running").then_some(())
+    })
+    .await;
+    assert_ne!(supervisor(&proxy).await["pid"].as_u64(), Some(pid));
+}
+
+#[tokio::test]
 async fn a_killed_child_is_restarted_and_serving_resumes() {
     let address = format!("127.0.0.1:{}", free_port());
     let proxy = proxy(&config(&address, &sim_process(&address, "")))
