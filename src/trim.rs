@@ -6,14 +6,20 @@
 //! measured 43 MiB resident with 8 MiB live, and holding 10 000 idle
 //! connections on top of that cost 69 MiB where 26 MiB was live. A
 //! `malloc_trim(0)` returns the free pages. [`TrimPolicy`] decides when:
-//! only once the request rate has fallen well below its recent peak (so a
-//! steady load, which would refill the pages at once, is never trimmed)
+//! only once the request rate has fallen to a sixteenth of its recent peak
+//! (so a steady load, which would refill the pages at once, is never
+//! trimmed)
 //! and resident memory has grown since the last trim. The overload sampler
 //! ([`crate::overload::spawn`]) asks it on every RSS sample.
 
 /// Resident growth since the last trim below which trimming is not worth
 /// a walk of the heap.
 pub const MIN_GROWTH: u64 = 4 << 20;
+
+/// The burst is over when the request rate is at most 1/16 of its recent
+/// peak. Trimming under a lighter but steady load only makes the allocator
+/// fault the same pages back in, and the walk of the heap stalls requests.
+const QUIET_FRACTION: f64 = 16.0;
 
 /// The peak rate decays by this factor per sample (250 ms): it halves in
 /// about 8 s, so "well below the peak" means "the burst is over".
@@ -48,7 +54,7 @@ impl TrimPolicy {
         if rss < self.floor {
             self.floor = rss;
         }
-        let burst_over = rate * 4.0 <= self.peak;
+        let burst_over = rate * QUIET_FRACTION <= self.peak;
         burst_over && rss - self.floor >= MIN_GROWTH
     }
 
@@ -106,6 +112,21 @@ mod tests {
         // Idle connections pile up afterwards: growth past the floor trims again.
         count += 100;
         assert!(policy.sample(30 * MIB, count));
+    }
+
+    #[test]
+    fn a_lighter_steady_load_after_a_burst_is_not_trimmed() {
+        let mut policy = TrimPolicy::new(10 * MIB, 0);
+        let mut count = 0;
+        for _ in 0..10 {
+            count += 15_000;
+            assert!(!policy.sample(50 * MIB, count));
+        }
+        // An open-loop phase at a tenth of the peak still has a working set.
+        for step in 0..20 {
+            count += 1_500;
+            assert!(!policy.sample(50 * MIB, count), "trimmed at step {step}");
+        }
     }
 
     #[test]
