@@ -84,20 +84,14 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The runtime: `threads` workers, by default as many as the CPUs this
-/// process may use (affinity and cgroup quota). With one, tokio's
-/// current-thread scheduler: no work-stealing queues or cross-thread
-/// wake-ups to pay for on a sidecar's usual single core.
+/// process may use (affinity and cgroup quota). Always the multi-thread
+/// scheduler: the current-thread one was tried for a single thread (see
+/// docs/BENCHMARKS.md) and its open-loop tail latency was worse.
 fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let threads = threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    let mut builder = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(threads);
-        builder
-    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads);
+    }
     builder.build().context("cannot start the tokio runtime")
 }

@@ -57,10 +57,9 @@ async fn ready(proxy: &Proxy) {
 }
 
 #[tokio::test]
-async fn one_worker_thread_runs_the_current_thread_runtime_end_to_end() {
-    // `--threads 1` (a sidecar's usual single core) runs tokio's
-    // current-thread scheduler: proxying, supervision and the admin port
-    // must all live on that one thread.
+async fn one_worker_thread_proxies_supervises_and_answers_the_admin_port() {
+    // `--threads 1` (a sidecar's usual single core): proxying, supervision
+    // and the admin port all share that one worker.
     let address = format!("127.0.0.1:{}", free_port());
     let proxy = proxy(&config(&address, &sim_process(&address, "")))
         .arg("--threads")
