@@ -166,19 +166,9 @@ impl http_body::Body for Body {
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Kind::Incoming(incoming) => match Pin::new(incoming).poll_frame(cx) {
-                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            Kind::Incoming(incoming) => poll_incoming(incoming, cx),
             Kind::Leased(leased) => {
-                let polled = match Pin::new(&mut leased.incoming).poll_frame(cx) {
-                    Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
-                    Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                    Poll::Ready(None) => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                };
+                let polled = poll_incoming(&mut leased.incoming, cx);
                 let ended = match &polled {
                     Poll::Ready(None) => true,
                     Poll::Ready(Some(Ok(_))) => leased.incoming.is_end_stream(),
@@ -218,6 +208,16 @@ impl http_body::Body for Body {
             Kind::Leased(leased) => leased.incoming.size_hint(),
         }
     }
+}
+
+/// A frame of a hyper body, its error boxed.
+fn poll_incoming(
+    incoming: &mut Incoming,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    Pin::new(incoming)
+        .poll_frame(cx)
+        .map(|frame| frame.map(|result| result.map_err(Into::into)))
 }
 
 #[cfg(test)]

@@ -2,11 +2,12 @@
 //!
 //! [`UpstreamPool`] owns the keep-alive pools of one upstream (breakwater's
 //! own HTTP/1.1 pool per endpoint, [`super::client`]; hyper-util's pooled
-//! client for h2c, which multiplexes one connection per endpoint) and its endpoints' health: the
-//! active health check's verdict per endpoint, and passive outlier
-//! detection from live traffic (SPEC §3.6). [`UpstreamPool::pick`] chooses
-//! round robin among the available primary endpoints, avoiding the one a
-//! retry just failed on when another is available. When no primary is
+//! client for h2c, which multiplexes one connection per endpoint) and its
+//! endpoints' health: the active health check's verdict per endpoint, and
+//! passive outlier detection from live traffic (SPEC §3.6).
+//! [`UpstreamPool::pick`] chooses round robin among the available primary
+//! endpoints, avoiding the one a retry just failed on when another is
+//! available. When no primary is
 //! available — ejected, unhealthy, or its supervised process down — or an
 //! operator failed the upstream over (SPEC §5.4), the `backup` endpoints
 //! take the traffic; with none available either it falls back to all
@@ -25,14 +26,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use super::body::Body;
-use super::client::Http1Pool;
+use super::client::{Http1Pool, IDLE_TIMEOUT};
 use super::outcome::UpstreamError;
 use crate::config::{Protocol, Upstream};
 use crate::policy::outlier::{Ejection, OutlierConfig, OutlierDetector};
 
 type HttpClient = Client<HttpConnector, Body>;
-
-use super::client::IDLE_TIMEOUT as POOL_IDLE_TIMEOUT;
 
 /// One primary endpoint and its active-health verdict.
 pub struct Endpoint {
@@ -80,7 +79,7 @@ impl UpstreamPool {
         connector.enforce_http(true);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         let http2 = builder.http2_only(true).build(connector);
