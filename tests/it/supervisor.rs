@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::support::{bin, client, eventually, free_port, proxy, Proxy, SIGTERM};
+use crate::support::{bin, client, eventually, free_port, proxy, sim_stats_at, Proxy, SIGTERM};
 
 fn config(upstream: &str, process: &str) -> String {
     format!(
@@ -203,7 +203,6 @@ async fn sigterm_drains_fifty_requests_then_stops_the_child_then_exits_zero() {
         .await;
     ready(&proxy).await;
     let pid = supervisor(&proxy).await["pid"].as_u64().unwrap();
-    let sim_stats = format!("http://{address}/__sim/stats");
     let requests: Vec<_> = (0..50)
         .map(|i| {
             let url = proxy.url(&format!("/slow/{i}"));
@@ -214,14 +213,7 @@ async fn sigterm_drains_fifty_requests_then_stops_the_child_then_exits_zero() {
         "50 requests at the child",
         Duration::from_secs(10),
         || async {
-            let stats: serde_json::Value = client()
-                .get(&sim_stats)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let stats = sim_stats_at(&address).await?;
             (stats["in_flight"].as_u64() == Some(50)).then_some(())
         },
     )
@@ -404,19 +396,11 @@ async fn killing_the_primary_with_a_healthy_backup_fails_no_request_and_traffic_
         .stdout
         .wait_for("listening on", Duration::from_secs(10))
         .await;
-    let revived_stats = format!("http://{primary_address}/__sim/stats");
     eventually(
         "traffic fails back to the primary",
         Duration::from_secs(15),
         || async {
-            let stats: serde_json::Value = client()
-                .get(&revived_stats)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let stats = sim_stats_at(&primary_address).await?;
             (stats["requests"].as_u64()? > 10).then_some(())
         },
     )

@@ -192,6 +192,19 @@ pub struct SimBuilder {
     args: Vec<String>,
 }
 
+/// `/__sim/stats` of the sim listening on `address`, or `None` while it
+/// does not answer (a supervised child between restarts).
+pub async fn sim_stats_at(address: &str) -> Option<serde_json::Value> {
+    client()
+        .get(format!("http://{address}/__sim/stats"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
 pub fn sim(name: &str) -> SimBuilder {
     SimBuilder {
         name: name.to_owned(),
@@ -245,14 +258,7 @@ impl Sim {
     }
 
     pub async fn stats(&self) -> serde_json::Value {
-        client()
-            .get(self.url("/__sim/stats"))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats json")
+        sim_stats_at(&self.address).await.expect("sim stats")
     }
 
     pub async fn requests(&self) -> u64 {
