@@ -6,7 +6,7 @@
 //! until Ctrl-C, which drains, stops the child and exits.
 
 use crate::config::{self, Overrides};
-use crate::state::ConfigSource;
+use crate::reload::ConfigSource;
 
 /// The demo config, embedded so the demo runs from any directory.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");

@@ -1,20 +1,24 @@
 //! breakwater: a sidecar resilience proxy.
 //!
 //! It runs beside one service, takes that service's HTTP traffic, and keeps
-//! it healthy: routing, timeouts, and (in later parts) circuit breakers,
-//! bulkheads, retries with budgets, degradation and an embedded supervisor.
-//! `SPEC.md` is the contract; `ARCHITECTURE.md` is the map.
+//! it healthy: on every request circuit breakers, bulkheads, timeouts,
+//! retries with budgets and rate limits; an embedded supervisor that
+//! restarts the service or fails over to a backup; an admin port to see
+//! and steer all of it. `ARCHITECTURE.md` is the map.
 //!
 //! # Layout
 //! - [`config`]: YAML → validated [`config::Config`], every error at once.
-//! - [`proxy`]: the data plane — listeners, connections, routing, the
-//!   per-route tower stack, forwarding.
-//! - [`admin`]: the operator port (status, metrics, reload).
+//! - [`proxy`]: the data plane — listeners, connections, the per-route
+//!   stack of layers, the upstream side.
+//! - [`policy`]: the resilience decisions as plain types, no I/O.
+//! - [`supervisor`]: the upstream's process, its triggers and recovery.
+//! - [`admin`]: the operator port (status, metrics, control).
 //! - [`reload`]: SIGHUP / admin / file-watch reloads, one atomic swap.
-//! - [`run`]: start-up and graceful drain.
-//! - [`overload`]: the memory watermark ladder.
-//! - [`state`], [`metrics`], [`events`], [`telemetry`]: shared plumbing.
-//! - [`sim`], [`demo`]: the controllable upstream and the guided tour.
+//! - [`run`]: start-up, wiring and graceful drain.
+//! - [`sampler`] and [`sys`]: breakwater's own memory, sampled and read.
+//! - [`metrics`], [`events`], [`telemetry`], [`units`]: shared plumbing.
+//! - [`cli`], [`sim`], [`demo`]: the command line, the controllable
+//!   upstream and the guided tour.
 
 pub mod admin;
 pub mod cli;
@@ -22,14 +26,13 @@ pub mod config;
 pub mod demo;
 pub mod events;
 pub mod metrics;
-pub mod overload;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod run;
+pub mod sampler;
 pub mod sim;
-pub mod state;
 pub mod supervisor;
+pub mod sys;
 pub mod telemetry;
-pub mod trim;
 pub mod units;

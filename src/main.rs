@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use breakwater::cli::{Cli, Command, RunArgs};
 use breakwater::config::{self, Overrides};
-use breakwater::state::ConfigSource;
+use breakwater::reload::ConfigSource;
 use clap::Parser;
 
 fn main() -> ExitCode {

@@ -285,22 +285,6 @@ impl Metrics {
         }
     }
 
-    /// The handles the policy layers of `route` report to.
-    pub fn route_report(
-        &self,
-        route: &str,
-        events: std::sync::Arc<crate::events::EventBus>,
-    ) -> crate::proxy::layers::RouteReport {
-        crate::proxy::layers::RouteReport {
-            route: std::sync::Arc::from(route),
-            transitions: self.breaker_transitions.clone(),
-            shed: self.shed_total.clone(),
-            events,
-            retries: self.retries_total.with_label_values(&[route]),
-            budget_exhausted: self.retry_budget_exhausted.clone(),
-        }
-    }
-
     /// Everything in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();

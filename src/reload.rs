@@ -1,10 +1,20 @@
 //! Live reload (SPEC §8.2): SIGHUP, `POST /config/reload`, or a change to
 //! the config file.
 //!
-//! Every trigger ends in [`reload`], which builds the whole new snapshot on
-//! the side and publishes it with one atomic swap — or, if the file is
-//! invalid, changes nothing and returns every error. Requests in flight
-//! keep the snapshot they started with.
+//! Every trigger ends in [`Reloader::reload`], which loads and validates
+//! the file, builds the whole new snapshot on the side and publishes it
+//! with one atomic swap — or, if anything is wrong, changes nothing and
+//! returns every error. Requests in flight keep the snapshot they started
+//! with.
+//!
+//! A reload is honest about what it applies. Routes, upstreams, policies,
+//! limits (for connections accepted from then on, `max_connections` at
+//! the next accept), the admin token, the overload watermark, webhooks
+//! and the supervisor section (a changed process spec restarts the child
+//! with it) all follow the new file. What cannot change in a running
+//! process — listener names and addresses, the admin address, worker
+//! threads — refuses the whole reload with "needs a restart" naming the
+//! key, rather than half-applying it or ignoring it.
 //!
 //! The file is watched by polling its content once a second rather than
 //! with inotify: Kubernetes updates a mounted ConfigMap by swapping a
@@ -15,149 +25,270 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{self, Config, ConfigError, ConfigIssue};
+use crate::config::{self, Config, ConfigError, ConfigIssue, Overrides};
 use crate::events::Severity;
-use crate::proxy::snapshot::Snapshot;
-use crate::state::{ConfigSource, State};
+use crate::proxy::DataPlane;
+use crate::supervisor::Supervisors;
 
 /// How often the config file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where the running config came from, for reloads.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A file, re-read on reload.
+    File(PathBuf),
+    /// The embedded default; reload re-applies it (with the same flags).
+    Embedded,
+}
+
+impl ConfigSource {
+    /// How the source is named in logs and events.
+    pub fn name(&self) -> String {
+        match self {
+            ConfigSource::File(path) => path.display().to_string(),
+            ConfigSource::Embedded => "<embedded default>".to_owned(),
+        }
+    }
+}
 
 /// What a successful reload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reloaded {
     /// Config version now serving.
     pub version: u64,
-    /// False when the file was unchanged (nothing was swapped).
+    /// False when the config was unchanged (nothing was swapped).
     pub changed: bool,
 }
 
-/// Loads the config again and swaps it in if valid. `trigger` names the
-/// cause for the log (`sighup`, `admin`, `file`).
-pub async fn reload(state: &State, trigger: &str) -> Result<Reloaded, ConfigError> {
-    let _one_at_a_time = state.reload_lock.lock().await;
-    let result = match &state.source {
-        ConfigSource::File(path) => config::load_file(path, &state.overrides),
-        ConfigSource::Embedded => config::load_str(
-            config::DEFAULT_CONFIG,
-            "<embedded default>",
-            &state.overrides,
-        ),
-    };
-    let current = state.snapshot();
-    let result = result.and_then(|config| {
-        check_restart_only(&current.config, &config)?;
-        Ok(config)
-    });
-    match result {
-        Ok(config) if config == *current.config => {
-            state
-                .metrics
-                .config_reloads_total
-                .with_label_values(&["success"])
-                .inc();
-            tracing::info!(
-                trigger,
-                version = current.version,
-                "Config reloaded: unchanged."
-            );
-            Ok(Reloaded {
-                version: current.version,
-                changed: false,
-            })
-        }
-        Ok(config) => {
-            let version = current.version + 1;
-            let snapshot = Snapshot::build(
-                config,
-                version,
-                Some(&current),
-                &state.metrics,
-                &state.events,
-            );
-            state.publish(snapshot);
-            state
-                .metrics
-                .config_reloads_total
-                .with_label_values(&["success"])
-                .inc();
-            state.events.emit(
-                "config_reload",
-                source_name(state),
-                Severity::Info,
-                &format!("version {version} via {trigger}"),
-            );
-            Ok(Reloaded {
-                version,
-                changed: true,
-            })
-        }
-        Err(error) => {
-            state
-                .metrics
-                .config_reloads_total
-                .with_label_values(&["error"])
-                .inc();
-            state.events.emit(
-                "config_reload_failed",
-                source_name(state),
-                Severity::Warning,
-                &format!(
-                    "via {trigger}; still serving version {}: {error}",
-                    current.version
-                ),
-            );
-            Err(error)
-        }
-    }
+/// Reloads the config into the data plane and the supervisor.
+pub struct Reloader {
+    plane: Arc<DataPlane>,
+    supervisors: Arc<Supervisors>,
+    source: ConfigSource,
+    /// CLI flags applied over every load.
+    overrides: Overrides,
+    /// Serialises reloads so two triggers cannot interleave.
+    lock: tokio::sync::Mutex<()>,
 }
 
-fn source_name(state: &State) -> &str {
-    match &state.source {
-        ConfigSource::File(path) => path.to_str().unwrap_or("config"),
-        ConfigSource::Embedded => "<embedded default>",
-    }
-}
+// === impl Reloader ===
 
-/// Listeners own sockets and accept loops: adding, removing, renaming or
-/// moving one needs a restart, so such a reload is refused as a whole
-/// rather than half-applied.
-fn check_restart_only(old: &Config, new: &Config) -> Result<(), ConfigError> {
-    let old_set: Vec<(&str, std::net::SocketAddr)> = old
-        .listeners
-        .iter()
-        .map(|l| (l.name.as_str(), l.listen))
-        .collect();
-    let new_set: Vec<(&str, std::net::SocketAddr)> = new
-        .listeners
-        .iter()
-        .map(|l| (l.name.as_str(), l.listen))
-        .collect();
-    let mut issues = Vec::new();
-    if old_set != new_set {
-        issues.push(ConfigIssue {
-            path: "listeners".to_owned(),
-            line: None,
-            message: format!("listener names and addresses changed ({old_set:?} → {new_set:?}); that needs a restart"),
+impl Reloader {
+    /// A reloader of `source` (with `overrides`) into `plane` and `supervisors`.
+    pub fn new(
+        plane: Arc<DataPlane>,
+        supervisors: Arc<Supervisors>,
+        source: ConfigSource,
+        overrides: Overrides,
+    ) -> Self {
+        Reloader {
+            plane,
+            supervisors,
+            source,
+            overrides,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Loads the config again and swaps it in if valid. `trigger` names
+    /// the cause for the log (`sighup`, `admin`, `file`).
+    pub async fn reload(&self, trigger: &str) -> Result<Reloaded, ConfigError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let current = self.plane.snapshot();
+        let result = self.load().and_then(|config| {
+            needs_restart(&current.config, &config)?;
+            Ok(config)
         });
+        let metrics = &self.plane.metrics;
+        let source = self.source.name();
+        let config = match result {
+            Ok(config) if config == *current.config => {
+                metrics
+                    .config_reloads_total
+                    .with_label_values(&["success"])
+                    .inc();
+                tracing::info!(
+                    trigger,
+                    version = current.version,
+                    "Config reloaded: unchanged."
+                );
+                return Ok(Reloaded {
+                    version: current.version,
+                    changed: false,
+                });
+            }
+            Ok(config) => config,
+            Err(error) => return Err(self.refused(error, trigger, current.version)),
+        };
+        let webhooks = config
+            .alerts
+            .webhooks
+            .iter()
+            .filter_map(|webhook| webhook.to_config())
+            .collect();
+        let snapshot = match self.plane.build(config) {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                let error = ConfigError {
+                    source_name: source,
+                    issues: error
+                        .0
+                        .into_iter()
+                        .map(|message| ConfigIssue {
+                            path: String::new(),
+                            line: None,
+                            message,
+                        })
+                        .collect(),
+                };
+                return Err(self.refused(error, trigger, current.version));
+            }
+        };
+        let version = snapshot.version;
+        let config = snapshot.config.clone();
+        self.plane.publish(snapshot);
+        self.plane.events.set_webhooks(webhooks);
+        self.supervisors.apply(&self.plane, &config).await;
+        metrics
+            .config_reloads_total
+            .with_label_values(&["success"])
+            .inc();
+        self.plane.events.emit(
+            "config_reload",
+            &source,
+            Severity::Info,
+            &format!("version {version} via {trigger}"),
+        );
+        Ok(Reloaded {
+            version,
+            changed: true,
+        })
+    }
+
+    fn load(&self) -> Result<Config, ConfigError> {
+        match &self.source {
+            ConfigSource::File(path) => config::load_file(path, &self.overrides),
+            ConfigSource::Embedded => config::load_str(
+                config::DEFAULT_CONFIG,
+                "<embedded default>",
+                &self.overrides,
+            ),
+        }
+    }
+
+    fn refused(&self, error: ConfigError, trigger: &str, version: u64) -> ConfigError {
+        self.plane
+            .metrics
+            .config_reloads_total
+            .with_label_values(&["error"])
+            .inc();
+        self.plane.events.emit(
+            "config_reload_failed",
+            &self.source.name(),
+            Severity::Warning,
+            &format!("via {trigger}; still serving version {version}: {error}"),
+        );
+        error
+    }
+
+    /// Starts the SIGHUP handler and, for a file config, the file watcher.
+    pub fn spawn_triggers(self: &Arc<Self>) -> std::io::Result<()> {
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let on_signal = self.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                if let Err(error) = on_signal.reload("sighup").await {
+                    tracing::error!(%error, "Reload on SIGHUP refused; the previous config keeps serving.");
+                }
+            }
+        });
+        if let ConfigSource::File(path) = &self.source {
+            tokio::spawn(self.clone().watch_file(path.clone()));
+        }
+        Ok(())
+    }
+
+    async fn watch_file(self: Arc<Self>, path: PathBuf) {
+        let mut last = fingerprint(&path).await;
+        let mut shutdown = self.plane.watch_shutdown();
+        let mut ticks = tokio::time::interval(WATCH_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.wait_for(|stopping| *stopping) => return,
+            }
+            let now = fingerprint(&path).await;
+            if now == last || now.is_none() {
+                // A missing file (mid-swap, or deleted) keeps the running config.
+                continue;
+            }
+            last = now;
+            match self.reload("file").await {
+                Ok(reloaded) if reloaded.changed => {
+                    tracing::info!(version = reloaded.version, "Config file changed; reloaded.")
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(%error, "Changed config file refused; the previous config keeps serving.")
+                }
+            }
+        }
+    }
+}
+
+/// What a running process cannot change: listeners own sockets and accept
+/// loops, the admin server its socket, the runtime its threads. A reload
+/// that changes any of them is refused as a whole, naming the key.
+fn needs_restart(old: &Config, new: &Config) -> Result<(), ConfigError> {
+    let describe = |config: &Config| {
+        config
+            .listeners
+            .iter()
+            .map(|listener| format!("{} on {}", listener.name, listener.listen))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut issues = Vec::new();
+    let mut restart = |path: &str, message: String| {
+        issues.push(ConfigIssue {
+            path: path.to_owned(),
+            line: None,
+            message: format!("{message}; that needs a restart"),
+        })
+    };
+    let addresses = |config: &Config| {
+        config
+            .listeners
+            .iter()
+            .map(|listener| (listener.name.clone(), listener.listen))
+            .collect::<Vec<_>>()
+    };
+    if addresses(old) != addresses(new) {
+        restart(
+            "listeners",
+            format!(
+                "listener names or addresses changed (from {} to {})",
+                describe(old),
+                describe(new)
+            ),
+        );
     }
     if old.admin.listen != new.admin.listen {
-        issues.push(ConfigIssue {
-            path: "admin.listen".to_owned(),
-            line: None,
-            message: "changing the admin address needs a restart".to_owned(),
-        });
+        restart(
+            "admin.listen",
+            format!(
+                "the admin address changed (from {} to {})",
+                old.admin.listen, new.admin.listen
+            ),
+        );
     }
     if old.runtime != new.runtime {
-        issues.push(ConfigIssue {
-            path: "runtime".to_owned(),
-            line: None,
-            message: "changing runtime settings needs a restart".to_owned(),
-        });
+        restart("runtime.threads", "the worker threads changed".to_owned());
     }
     if issues.is_empty() {
         Ok(())
@@ -166,51 +297,6 @@ fn check_restart_only(old: &Config, new: &Config) -> Result<(), ConfigError> {
             source_name: "reload".to_owned(),
             issues,
         })
-    }
-}
-
-/// Starts the SIGHUP handler and, for a file config, the file watcher.
-pub fn spawn_triggers(state: Arc<State>) -> std::io::Result<()> {
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let on_signal = state.clone();
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            if let Err(error) = reload(&on_signal, "sighup").await {
-                tracing::error!(%error, "Reload on SIGHUP refused; the previous config keeps serving.");
-            }
-        }
-    });
-    if let ConfigSource::File(path) = &state.source {
-        let path = path.clone();
-        tokio::spawn(watch_file(state, path));
-    }
-    Ok(())
-}
-
-async fn watch_file(state: Arc<State>, path: std::path::PathBuf) {
-    let mut last = fingerprint(&path).await;
-    let mut shutdown = state.shutdown.subscribe();
-    let mut ticks = tokio::time::interval(WATCH_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = shutdown.wait_for(|stopping| *stopping) => return,
-        }
-        let now = fingerprint(&path).await;
-        if now == last || now.is_none() {
-            // A missing file (mid-swap, or deleted) keeps the running config.
-            continue;
-        }
-        last = now;
-        match reload(&state, "file").await {
-            Ok(reloaded) if reloaded.changed => {
-                tracing::info!(version = reloaded.version, "Config file changed; reloaded.")
-            }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::error!(%error, "Changed config file refused; the previous config keeps serving.")
-            }
-        }
     }
 }
 

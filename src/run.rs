@@ -1,23 +1,29 @@
 //! `breakwater run`: bind, serve, reload, and drain on SIGTERM/SIGINT.
 //!
 //! Start-up binds every socket before serving anything, so a port clash is
-//! reported at once and nothing half-starts. Shutdown follows SPEC §5.5:
-//! `/readyz` turns 503, listeners stop accepting, each connection finishes
-//! its in-flight requests (HTTP/1 closes after the current response, HTTP/2
-//! sends GOAWAY), and breakwater exits once all are closed or
-//! `drain_timeout` has passed.
+//! reported at once and nothing half-starts. It then wires the parts,
+//! each holding only the handles it needs: the data plane
+//! ([`DataPlane`]), the supervisor ([`Supervisors`], which writes the
+//! upstream's gate), the reload path ([`Reloader`]), the sampler, and the
+//! admin server over all of them. Shutdown follows SPEC §5.5: `/readyz`
+//! turns 503, listeners stop accepting, each connection finishes its
+//! in-flight requests (HTTP/1 closes after the current response, HTTP/2
+//! sends GOAWAY), and breakwater stops the child and exits once all are
+//! closed or `drain_timeout` has passed.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::admin::Admin;
 use crate::config::{Config, Overrides};
 use crate::events::EventBus;
 use crate::metrics::Metrics;
-use crate::proxy::snapshot::Snapshot;
-use crate::state::{ConfigSource, State};
+use crate::proxy::snapshot::SnapshotError;
+use crate::proxy::{DataPlane, ListenerHandle};
+use crate::reload::{ConfigSource, Reloader};
+use crate::supervisor::Supervisors;
 
 /// Why breakwater could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +41,9 @@ pub enum RunError {
     /// Metrics could not be registered (a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The config could not be compiled for the data plane.
+    #[error("config: {0}")]
+    Snapshot(#[from] SnapshotError),
     /// Installing a signal handler failed.
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
@@ -42,10 +51,11 @@ pub enum RunError {
 
 /// A started proxy: sockets bound, serving.
 pub struct Running {
-    /// Shared state.
-    pub state: Arc<State>,
-    /// The bound listeners.
-    listeners: Vec<crate::proxy::ListenerHandle>,
+    /// The data plane.
+    pub plane: Arc<DataPlane>,
+    /// The supervised process, if any.
+    pub supervisors: Arc<Supervisors>,
+    listeners: Vec<ListenerHandle>,
 }
 
 /// Binds and starts serving `config`.
@@ -54,14 +64,13 @@ pub async fn start(
     source: ConfigSource,
     overrides: Overrides,
 ) -> Result<Running, RunError> {
-    let metrics = Metrics::new()?;
-    let admin = bind("admin", config.admin.listen).await?;
+    let metrics = Arc::new(Metrics::new()?);
+    let admin_socket = bind("admin", config.admin.listen).await?;
     let mut bound = Vec::new();
     for listener in &config.listeners {
         bound.push((
             bind(&listener.name, listener.listen).await?,
             listener.name.clone(),
-            listener.limits.clone(),
         ));
     }
     let webhooks = config
@@ -75,27 +84,39 @@ pub async fn start(
         metrics.events_total.clone(),
         webhooks,
     );
-    let snapshot = Snapshot::build(config, 1, None, &metrics, &events);
-    let state = State::new(snapshot, metrics, events, source, overrides);
-    crate::admin::serve(state.clone(), admin);
+    let plane = DataPlane::new(config, metrics, events)?;
+    let supervisors = Arc::new(Supervisors::default());
+    let reloader = Arc::new(Reloader::new(
+        plane.clone(),
+        supervisors.clone(),
+        source,
+        overrides,
+    ));
+    crate::admin::serve(
+        Arc::new(Admin {
+            plane: plane.clone(),
+            reloader: reloader.clone(),
+            supervisors: supervisors.clone(),
+        }),
+        admin_socket,
+    );
     let listeners = bound
         .into_iter()
-        .map(|(socket, name, limits)| {
-            crate::proxy::serve_listener(state.clone(), socket, &name, &limits)
-        })
+        .map(|(socket, name)| crate::proxy::serve_listener(plane.clone(), socket, &name))
         .collect();
-    crate::reload::spawn_triggers(state.clone()).map_err(RunError::Signal)?;
-    crate::overload::spawn(state.clone());
-    if let Some(supervisor) = crate::supervisor::Supervisor::spawn(&state, &state.snapshot().config)
-    {
-        let _ = state.supervisor.set(supervisor);
-    }
-    let config = state.snapshot().config.clone();
+    reloader.spawn_triggers().map_err(RunError::Signal)?;
+    crate::sampler::spawn(plane.clone());
+    let config = plane.snapshot().config.clone();
+    supervisors.start(&plane, &config);
     for listener in &config.listeners {
         tracing::info!(listener = %listener.name, address = %listener.listen, routes = listener.routes.len(), "Listening.");
     }
     tracing::info!(address = %config.admin.listen, "Admin server listening.");
-    Ok(Running { state, listeners })
+    Ok(Running {
+        plane,
+        supervisors,
+        listeners,
+    })
 }
 
 async fn bind(what: &str, address: SocketAddr) -> Result<TcpListener, RunError> {
@@ -124,32 +145,28 @@ impl Running {
     }
 
     /// Stops accepting, lets in-flight requests finish within
-    /// `drain_timeout`, and returns.
+    /// `drain_timeout`, stops the supervised process, and returns.
     pub async fn drain(self) {
-        let state = self.state;
-        state.draining.store(true, Ordering::Release);
-        state.shutdown.send_replace(true);
-        let timeout = state.snapshot().config.supervisor.drain_timeout;
-        let all_closed = futures_join_all(self.listeners.iter().map(|listener| listener.drained()));
+        let plane = self.plane;
+        plane.begin_shutdown();
+        let timeout = plane.snapshot().config.supervisor.drain_timeout;
+        let all_closed = async {
+            for listener in &self.listeners {
+                listener.drained().await;
+            }
+        };
         match tokio::time::timeout(timeout, all_closed).await {
             Ok(()) => tracing::info!("Drained: all connections closed."),
             Err(_) => tracing::warn!(
-                in_flight = state.in_flight.load(Ordering::Relaxed),
-                ?timeout,
+                in_flight = plane.requests_in_flight(),
+                timeout = %crate::units::format_duration(timeout),
                 "Drain timeout reached; closing the remaining connections."
             ),
         }
         // The child goes last: every request that reached it has finished.
-        if let Some(supervisor) = state.supervisor.get() {
-            supervisor.stop().await;
+        if self.supervisors.get().is_some() {
+            self.supervisors.stop().await;
             tracing::info!("Supervised process stopped.");
         }
-    }
-}
-
-/// Awaits every future (they are few: one per listener).
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
-    for future in futures {
-        future.await;
     }
 }

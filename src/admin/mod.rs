@@ -25,7 +25,6 @@
 //! same runtime as the data plane but the data plane never waits on it.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -45,11 +44,24 @@ use tokio::time::Instant;
 use crate::events::Severity;
 use crate::policy::breaker::Force;
 use crate::proxy::body::{Body, BoxError};
+use crate::proxy::gate::Readiness;
 use crate::proxy::snapshot::Snapshot;
-use crate::state::State;
+use crate::proxy::DataPlane;
+use crate::reload::Reloader;
+use crate::supervisor::Supervisors;
+
+/// What the admin port reads and steers.
+pub struct Admin {
+    /// The data plane: snapshot, gates, counters.
+    pub plane: Arc<DataPlane>,
+    /// Reloads the config.
+    pub reloader: Arc<Reloader>,
+    /// The supervised process, if any.
+    pub supervisors: Arc<Supervisors>,
+}
 
 /// Serves the admin API on `listener` until shutdown completes.
-pub fn serve(state: Arc<State>, listener: TcpListener) {
+pub fn serve(state: Arc<Admin>, listener: TcpListener) {
     tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {
@@ -91,7 +103,7 @@ enum Access {
 type AdminBody = UnsyncBoxBody<Bytes, BoxError>;
 
 async fn handle(
-    state: Arc<State>,
+    state: Arc<Admin>,
     request: Request<Incoming>,
 ) -> Result<Response<AdminBody>, Infallible> {
     if request.uri().path() == "/events/stream" && request.method() == Method::GET {
@@ -103,7 +115,7 @@ async fn handle(
 
 /// `GET /events/stream`: Server-Sent Events, replaying from `?since=` or
 /// `Last-Event-ID` when given, then live.
-fn event_stream(state: &State, request: &Request<Incoming>) -> Response<AdminBody> {
+fn event_stream(state: &Admin, request: &Request<Incoming>) -> Response<AdminBody> {
     let since = query_u64(request, "since").or_else(|| {
         request
             .headers()
@@ -111,7 +123,7 @@ fn event_stream(state: &State, request: &Request<Incoming>) -> Response<AdminBod
             .and_then(|value| value.to_str().ok())
             .and_then(|id| id.parse().ok())
     });
-    let body = crate::events::sse_body(&state.events, since)
+    let body = crate::events::sse_body(&state.plane.events, since)
         .map_err(|never| match never {})
         .boxed_unsync();
     let mut response = Response::new(body);
@@ -132,7 +144,7 @@ fn query_u64(request: &Request<Incoming>, name: &str) -> Option<u64> {
     })
 }
 
-async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
+async fn respond(state: Arc<Admin>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let (access, allowed) = match path.as_str() {
         "/healthz" | "/readyz" | "/metrics" | "/status" | "/events" | "/events/stream" => {
@@ -172,7 +184,7 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body
         "/readyz" => readyz(&state),
         "/metrics" => {
             refresh_gauges(&state);
-            let mut response = Response::new(Body::full(state.metrics.render()));
+            let mut response = Response::new(Body::full(state.plane.metrics.render()));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -182,13 +194,16 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body
         "/status" => json_response(StatusCode::OK, &status(&state)),
         "/events" => {
             let limit = query_u64(&request, "limit").map_or(100, |limit| limit.min(1000) as usize);
-            let events = state.events.since(query_u64(&request, "since"), limit);
+            let events = state
+                .plane
+                .events
+                .since(query_u64(&request, "since"), limit);
             json_response(
                 StatusCode::OK,
-                &json!({"latest_id": state.events.latest_id(), "events": events}),
+                &json!({"latest_id": state.plane.events.latest_id(), "events": events}),
             )
         }
-        "/config/reload" => match crate::reload::reload(&state, "admin").await {
+        "/config/reload" => match state.reloader.reload("admin").await {
             Ok(reloaded) => json_response(
                 StatusCode::OK,
                 &json!({"result": "ok", "config_version": reloaded.version, "changed": reloaded.changed}),
@@ -197,14 +212,14 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body
                 StatusCode::BAD_REQUEST,
                 &json!({
                     "result": "error",
-                    "config_version": state.snapshot().version,
+                    "config_version": state.plane.snapshot().version,
                     "message": "config refused; the previous config keeps serving",
                     "errors": error.issues,
                 }),
             ),
         },
         "/breakers/reset" => {
-            let snapshot = state.snapshot();
+            let snapshot = state.plane.snapshot();
             let mut reset = Vec::new();
             for route in snapshot.routes() {
                 if let Some(breaker) = &route.breaker {
@@ -226,14 +241,14 @@ async fn respond(state: Arc<State>, request: Request<Incoming>) -> Response<Body
 }
 
 /// The token and cross-site rules for mutating calls; `Some` is the refusal.
-fn refuse_mutation(state: &State, request: &Request<Incoming>) -> Option<Response<Body>> {
+fn refuse_mutation(state: &Admin, request: &Request<Incoming>) -> Option<Response<Body>> {
     if cross_site(request) {
         return Some(json_response(
             StatusCode::FORBIDDEN,
             &json!({"error": "cross-site request refused"}),
         ));
     }
-    let snapshot = state.snapshot();
+    let snapshot = state.plane.snapshot();
     let token = snapshot.config.admin.token.as_ref()?;
     let presented = request
         .headers()
@@ -304,13 +319,9 @@ fn upstream_action(path: &str) -> Option<(&str, &str)> {
         .then_some((name, action))
 }
 
-fn act_on_upstream(state: &State, name: &str, action: &str) -> Response<Body> {
-    let snapshot = state.snapshot();
-    let Some(pool) = snapshot
-        .upstreams
-        .iter()
-        .find(|pool| pool.config.name == name)
-    else {
+fn act_on_upstream(state: &Admin, name: &str, action: &str) -> Response<Body> {
+    let snapshot = state.plane.snapshot();
+    let Some(pool) = snapshot.upstream(name) else {
         let known: Vec<&str> = snapshot
             .upstreams
             .iter()
@@ -321,7 +332,7 @@ fn act_on_upstream(state: &State, name: &str, action: &str) -> Response<Body> {
             &json!({"error": format!("no upstream named {name:?}"), "upstreams": known}),
         );
     };
-    let events = &state.events;
+    let events = &state.plane.events;
     match action {
         "failover" if pool.backup().is_empty() => json_response(
             StatusCode::CONFLICT,
@@ -329,7 +340,7 @@ fn act_on_upstream(state: &State, name: &str, action: &str) -> Response<Body> {
         ),
         "failover" | "failback" => {
             let failed_over = action == "failover";
-            if pool.set_failed_over(failed_over) {
+            if pool.gate().set_failed_over(failed_over) {
                 events.emit(
                     if failed_over { "failover" } else { "failback" },
                     name,
@@ -342,11 +353,7 @@ fn act_on_upstream(state: &State, name: &str, action: &str) -> Response<Body> {
                 &json!({"result": "ok", "upstream": name, "failed_over": failed_over}),
             )
         }
-        _ => match state
-            .supervisor
-            .get()
-            .filter(|supervisor| supervisor.upstream == name)
-        {
+        _ => match state.supervisors.of_upstream(name) {
             Some(supervisor) => {
                 supervisor.restart();
                 json_response(
@@ -362,8 +369,8 @@ fn act_on_upstream(state: &State, name: &str, action: &str) -> Response<Body> {
     }
 }
 
-fn force_breaker(state: &State, route_name: &str, action: Force) -> Response<Body> {
-    let snapshot = state.snapshot();
+fn force_breaker(state: &Admin, route_name: &str, action: Force) -> Response<Body> {
+    let snapshot = state.plane.snapshot();
     let Some(route) = snapshot.route(route_name) else {
         let known: Vec<&str> = snapshot.routes().map(|route| &*route.name).collect();
         return json_response(
@@ -389,10 +396,10 @@ fn force_breaker(state: &State, route_name: &str, action: Force) -> Response<Bod
 
 /// Sets the gauges that mirror policy state, just before a scrape, so the
 /// request path never touches them.
-fn refresh_gauges(state: &State) {
-    let snapshot = state.snapshot();
+fn refresh_gauges(state: &Admin) {
+    let snapshot = state.plane.snapshot();
     let now = Instant::now();
-    let metrics = &state.metrics;
+    let metrics = &state.plane.metrics;
     for route in snapshot.routes() {
         if let Some(breaker) = &route.breaker {
             let _ = breaker
@@ -414,7 +421,7 @@ fn refresh_gauges(state: &State) {
                 .set(bulkhead.queued() as i64);
         }
     }
-    let dropped = state.events.webhook_dropped();
+    let dropped = state.plane.events.webhook_dropped();
     let counted = metrics.webhook_dropped.get();
     if dropped > counted {
         metrics.webhook_dropped.inc_by(dropped - counted);
@@ -430,23 +437,23 @@ fn refresh_gauges(state: &State) {
     }
 }
 
-fn readyz(state: &State) -> Response<Body> {
-    if state.is_draining() {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"ready": false, "reason": "draining"}),
-        )
-    } else if state
-        .supervisor
+fn readyz(state: &Admin) -> Response<Body> {
+    let readiness = state
+        .supervisors
         .get()
-        .is_some_and(|s| !s.ready.load(Ordering::Acquire))
-    {
+        .map_or(Readiness::Ready, |supervisor| supervisor.readiness());
+    let reason = if state.plane.is_draining() {
+        "draining"
+    } else {
+        readiness.as_str()
+    };
+    if reason == Readiness::Ready.as_str() {
+        json_response(StatusCode::OK, &json!({"ready": true}))
+    } else {
         json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"ready": false, "reason": "starting"}),
+            &json!({"ready": false, "reason": reason}),
         )
-    } else {
-        json_response(StatusCode::OK, &json!({"ready": true}))
     }
 }
 
@@ -476,8 +483,8 @@ fn route_status(snapshot: &Snapshot, name: &str, now: Instant) -> Value {
     })
 }
 
-fn status(state: &State) -> Value {
-    let snapshot = state.snapshot();
+fn status(state: &Admin) -> Value {
+    let snapshot = state.plane.snapshot();
     let now = Instant::now();
     let config = &snapshot.config;
     let listeners: Vec<Value> = config
@@ -485,6 +492,7 @@ fn status(state: &State) -> Value {
         .iter()
         .map(|listener| {
             let connections = state
+                .plane
                 .metrics
                 .downstream_connections
                 .with_label_values(&[&listener.name])
@@ -501,27 +509,28 @@ fn status(state: &State) -> Value {
         .upstreams
         .iter()
         .map(|pool| {
-            let n_primary = pool.endpoints().len();
-            let outlier = pool.outlier();
-            let endpoints: Vec<Value> = (0..n_primary + pool.backup().len())
-                .filter_map(|index| {
-                    let endpoint = pool.endpoint(index)?;
-                    let primary = index < n_primary;
-                    Some(json!({
+            let outlier = pool.health().outlier();
+            let endpoints: Vec<Value> = pool
+                .all_endpoints()
+                .map(|(index, endpoint)| {
+                    let primary = index < pool.endpoints().len();
+                    json!({
                         "address": endpoint.authority.as_str(),
                         "role": if primary { "primary" } else { "backup" },
                         "available": pool.is_available(index, now),
-                        "healthy": endpoint.healthy.load(Ordering::Relaxed),
-                        "ejected": primary && outlier.is_some_and(|o| !o.is_available(index, now)),
+                        "healthy": endpoint.is_healthy(),
+                        "ejected": pool.is_ejected(index, now),
                         "times_ejected": if primary { outlier.map_or(0, |o| o.times_ejected(index)) } else { 0 },
-                    }))
+                        "idle_connections": endpoint.idle_connections(),
+                    })
                 })
                 .collect();
             json!({
                 "name": pool.config.name,
                 "protocol": pool.config.protocol,
                 "connect_timeout": crate::units::format_duration(pool.config.connect_timeout),
-                "failed_over": pool.is_failed_over(),
+                "readiness": pool.gate().readiness(),
+                "failed_over": pool.gate().is_failed_over(),
                 "endpoints": endpoints,
             })
         })
@@ -529,12 +538,12 @@ fn status(state: &State) -> Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "config_version": snapshot.version,
-        "uptime_seconds": state.started.elapsed().as_secs_f64(),
-        "draining": state.is_draining(),
-        "in_flight": state.in_flight.load(Ordering::Relaxed),
+        "uptime_seconds": state.plane.started.elapsed().as_secs_f64(),
+        "draining": state.plane.is_draining(),
+        "in_flight": state.plane.requests_in_flight(),
         "listeners": listeners,
         "upstreams": upstreams,
-        "supervisor": state.supervisor.get().map(|supervisor| supervisor.status()),
+        "supervisor": state.supervisors.get().map(|supervisor| supervisor.status()),
     })
 }
 

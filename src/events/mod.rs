@@ -24,8 +24,6 @@
 //! `/events/stream` and calls [`EventBus::since`] and [`sse_body`]. It does
 //! not speak TLS yet, so `https://` webhooks are refused at construction.
 //!
-//! The free function [`emit`] predates the bus: it only logs and counts, and
-//! stays for callers that have not been handed an `Arc<EventBus>` yet.
 
 mod rfc3339;
 mod sse;
@@ -154,18 +152,22 @@ pub struct EventBus {
     live: broadcast::Sender<Event>,
     /// `breakwater_events_total{kind}`.
     events_total: IntCounterVec,
-    /// One queue per webhook with a running delivery task.
-    webhooks: Vec<Arc<WebhookQueue>>,
     /// Events dropped from full webhook queues, summed over all webhooks.
     webhook_dropped: Arc<AtomicU64>,
 }
 
-/// The ring itself: newest at the back.
+/// The ring itself (newest at the back), and the webhooks every event is
+/// queued for, under the same lock so they see ids in ring order.
 struct Ring {
     events: VecDeque<Event>,
     capacity: usize,
     /// Id of the most recent event; 0 before the first.
     last_id: u64,
+    /// What the webhooks were built from, to tell a reload that changes
+    /// them from one that does not.
+    webhook_configs: Vec<WebhookConfig>,
+    /// One queue per webhook with a running delivery task.
+    webhooks: Vec<Arc<WebhookQueue>>,
 }
 
 // === impl EventBus ===
@@ -186,32 +188,35 @@ impl EventBus {
         let capacity = capacity.max(1);
         let (live, _) = broadcast::channel(BROADCAST_CAPACITY);
         let webhook_dropped = Arc::new(AtomicU64::new(0));
-        let webhooks = match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => webhooks
-                .into_iter()
-                .map(|config| webhook::spawn(&runtime, config, webhook_dropped.clone()))
-                .collect(),
-            Err(_) => {
-                if !webhooks.is_empty() {
-                    tracing::warn!(
-                        n_webhooks = webhooks.len(),
-                        "No tokio runtime when building the event bus; webhooks are disabled."
-                    );
-                }
-                Vec::new()
-            }
-        };
+        let queues = spawn_webhooks(&webhooks, &webhook_dropped);
         Arc::new(EventBus {
             state: Mutex::new(Ring {
                 events: VecDeque::with_capacity(capacity.min(DEFAULT_CAPACITY)),
                 capacity,
                 last_id: 0,
+                webhook_configs: webhooks,
+                webhooks: queues,
             }),
             live,
             events_total,
-            webhooks,
             webhook_dropped,
         })
+    }
+
+    /// Follows a reloaded `alerts.webhooks`: when the list changed, the old
+    /// webhooks deliver what they have queued and stop, and the new ones
+    /// receive every event from now on. Returns whether anything changed.
+    pub fn set_webhooks(&self, webhooks: Vec<WebhookConfig>) -> bool {
+        let mut ring = self.lock();
+        if ring.webhook_configs == webhooks {
+            return false;
+        }
+        for queue in &ring.webhooks {
+            queue.close();
+        }
+        ring.webhooks = spawn_webhooks(&webhooks, &self.webhook_dropped);
+        ring.webhook_configs = webhooks;
+        true
     }
 
     /// Records an event and returns its id: logs and counts it (exactly as
@@ -237,7 +242,7 @@ impl EventBus {
         };
         // Still under the ring lock from here on, so the ring, live
         // subscribers and every webhook queue see ids in the same order.
-        for queue in &self.webhooks {
+        for queue in &ring.webhooks {
             queue.push(&event);
         }
         // An error only means nobody is subscribed right now.
@@ -304,8 +309,29 @@ impl EventBus {
 impl Drop for EventBus {
     /// Tells the webhook tasks to finish their queues and stop.
     fn drop(&mut self) {
-        for queue in &self.webhooks {
+        for queue in &self.lock().webhooks {
             queue.close();
+        }
+    }
+}
+
+/// One delivery task per webhook, on the current runtime. Without one (a
+/// synchronous unit test, a CLI subcommand) webhooks are skipped with a
+/// warning; everything else works.
+fn spawn_webhooks(webhooks: &[WebhookConfig], dropped: &Arc<AtomicU64>) -> Vec<Arc<WebhookQueue>> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => webhooks
+            .iter()
+            .map(|config| webhook::spawn(&runtime, config.clone(), dropped.clone()))
+            .collect(),
+        Err(_) => {
+            if !webhooks.is_empty() {
+                tracing::warn!(
+                    n_webhooks = webhooks.len(),
+                    "No tokio runtime when building the event bus; webhooks are disabled."
+                );
+            }
+            Vec::new()
         }
     }
 }
@@ -314,7 +340,7 @@ impl std::fmt::Debug for EventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventBus")
             .field("latest_id", &self.latest_id())
-            .field("n_webhooks", &self.webhooks.len())
+            .field("n_webhooks", &self.lock().webhooks.len())
             .field("webhook_dropped", &self.webhook_dropped())
             .finish_non_exhaustive()
     }

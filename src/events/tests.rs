@@ -594,7 +594,7 @@ async fn webhook_min_severity_filters() {
         .collect();
     assert_eq!(sent, vec![warning, critical]);
     // The info events took no queue space: nothing is left to send.
-    assert!(bus.webhooks[0].is_empty());
+    assert!(bus.lock().webhooks[0].is_empty());
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -623,7 +623,7 @@ async fn hung_webhook_never_blocks_emit_and_drops_oldest() {
         bus.webhook_dropped(),
         (1_000 - WEBHOOK_QUEUE_CAPACITY) as u64
     );
-    let queued = bus.webhooks[0].queued_ids();
+    let queued = bus.lock().webhooks[0].queued_ids();
     assert_eq!(queued.len(), WEBHOOK_QUEUE_CAPACITY);
     assert_eq!(
         queued.first(),

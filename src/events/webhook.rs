@@ -207,6 +207,14 @@ impl WebhookConfig {
     }
 }
 
+impl PartialEq for WebhookConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url
+            && self.format == other.format
+            && self.min_severity == other.min_severity
+    }
+}
+
 impl fmt::Debug for WebhookConfig {
     /// Shows [`WebhookConfig::name`], never the full URL.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

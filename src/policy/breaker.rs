@@ -148,6 +148,22 @@ pub enum TripReason {
     Reset,
 }
 
+impl TripReason {
+    /// The reason in the SPEC's words, for events and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TripReason::ConsecutiveFailures => "consecutive failures",
+            TripReason::FailureRate => "failure rate",
+            TripReason::SlowCallRate => "slow-call rate",
+            TripReason::ProbeFailed => "a probe failed",
+            TripReason::ProbesSucceeded => "probes succeeded",
+            TripReason::OpenElapsed => "open period over",
+            TripReason::Forced => "forced by an operator",
+            TripReason::Reset => "reset by an operator",
+        }
+    }
+}
+
 /// One state change, returned to the caller to log, count and publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Transition {

@@ -40,9 +40,11 @@ pub mod breaker;
 pub mod bulkhead;
 pub mod health;
 pub mod outlier;
+pub mod overload;
 pub mod rate_limit;
 pub mod retry;
 pub mod retry_budget;
+pub mod trim;
 pub mod window;
 
 use std::time::Duration;

@@ -10,11 +10,14 @@
 //! each other; when they all fail, the upstream as a whole is down, which
 //! is the breaker's business, and ejecting everything would only turn
 //! errors into "no endpoint". Envoy's outlier detection works the same way
-//! (there the cap may be overshot by one; here it is strict). The exception
-//! is a set with a spare ([`OutlierDetector::with_spare`]): when backup
-//! endpoints stand behind the primaries, ejecting every failing primary
-//! does not leave nothing to serve — its traffic spills to the backups, as
-//! in Envoy's priority failover — so the cap does not hold them back.
+//! (there the cap may be overshot by one; here it is strict). As in Envoy,
+//! at least one endpoint may always be ejected, whatever the percentage
+//! (0 turns ejection off). A set with a spare
+//! ([`OutlierDetector::with_spare`]) may lose even its last endpoint to an
+//! ejection: when backup endpoints stand behind the primaries, ejecting a
+//! failing primary does not leave nothing to serve — its traffic spills to
+//! the backups, as in Envoy's priority failover. The percentage still
+//! holds there.
 //!
 //! The hot calls are lock-free: [`OutlierDetector::record`] touches one
 //! per-endpoint atomic counter and [`OutlierDetector::is_available`] one
@@ -119,8 +122,8 @@ impl OutlierDetector {
     }
 
     /// A detector for endpoints with a spare set behind them (backups):
-    /// with `spare`, `max_ejection_percent` and the keep-one rule do not
-    /// apply, since ejected endpoints' traffic goes to the spare.
+    /// with `spare`, the keep-one rule does not apply, since ejected
+    /// endpoints' traffic goes to the spare; `max_ejection_percent` does.
     pub fn with_spare(config: OutlierConfig, n_endpoints: usize, spare: bool) -> Self {
         OutlierDetector {
             spare,
@@ -239,11 +242,21 @@ impl OutlierDetector {
     /// The most endpoints that may be ejected at once.
     fn max_ejected(&self) -> usize {
         let n_endpoints = self.endpoints.len();
-        if self.spare {
-            return n_endpoints;
-        }
         let percent = usize::try_from(self.config.max_ejection_percent).unwrap_or(usize::MAX);
-        (n_endpoints.saturating_mul(percent) / 100).min(n_endpoints.saturating_sub(1))
+        if percent == 0 {
+            return 0;
+        }
+        // At least one, whatever the percentage (Envoy's rule: a small set
+        // could otherwise never eject anything) ...
+        let cap = (n_endpoints.saturating_mul(percent) / 100).max(1);
+        if self.spare {
+            // ... and with backups behind them even the last primary, since
+            // its traffic spills to the backups.
+            cap.min(n_endpoints)
+        } else {
+            // ... but without backups never the last one.
+            cap.min(n_endpoints.saturating_sub(1))
+        }
     }
 
     fn try_eject(

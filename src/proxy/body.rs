@@ -1,21 +1,44 @@
-//! The one body type of the data plane.
+//! The one body type of the data plane, and what happens when it ends.
 //!
 //! Requests and responses both flow as [`Body`]: a streamed hyper body
 //! (never collected), a small in-memory body for breakwater's own replies,
-//! or nothing. A body can carry a [`Completion`] that runs when the body
-//! ends or is dropped — that is how the access log, the duration histogram
-//! and (later) bulkhead permits learn that a response is really over,
-//! including when the client goes away mid-body.
+//! or nothing. A response body carries a **tail**: everything that must
+//! learn how the exchange really ended, which is only known when the body
+//! has ended (its last byte sent, the upstream breaking it, or the client
+//! going away — and, for gRPC, its trailers):
+//!
+//! - the classification made when the response headers arrived
+//!   ([`Body::classify`]), refined once at the end ([`End::outcome`]);
+//! - the bulkhead permit, released by ownership when the body is dropped;
+//! - the breaker's ticket ([`BreakerRecord`]), recorded with the outcome;
+//! - the try's endpoint ([`TryRecord`]): outlier detection and the
+//!   supervisor's try counts;
+//! - the access log and request metrics ([`Completion`]).
+//!
+//! They are typed fields of one boxed [`Tail`], attached by the layers
+//! that own them, so a request costs one allocation for all of them (plus
+//! the log's closure), and each fires exactly once.
+//!
+//! A downstream request body also watches for the client's own failure
+//! ([`ClientFault`]): a body cut short or framed badly ends the exchange
+//! as the client's doing, never the upstream's.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Body as _;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::client::Lease;
+use super::outcome::{caused_by, CallError, End, EndReason, Outcome};
+use super::report::BreakerRecord;
+use super::upstream::http1::Lease;
+use super::upstream::passive::TryRecord;
+use crate::policy::bulkhead::BulkheadPermit;
 
 /// Errors a body can yield; allocated only when one happens.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -23,133 +46,229 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request or response body.
 pub struct Body {
     kind: Kind,
-    completion: Option<Completion>,
-    /// A bulkhead slot held until the response is over: dropped with the
-    /// body, whether it ended, failed, or the client went away.
-    permit: Option<crate::policy::bulkhead::BulkheadPermit>,
+    tail: Option<Box<Tail>>,
 }
 
 enum Kind {
     Empty,
     Full(Option<Bytes>),
+    /// A streamed hyper body: an upstream's response over HTTP/2, or an
+    /// upgrade response.
     Incoming(Incoming),
-    /// An upstream response body on a pooled connection.
-    Leased(Leased),
+    /// A downstream request body; `fault` notes the client's failure.
+    Downstream {
+        incoming: Incoming,
+        fault: Option<Arc<ClientFault>>,
+    },
+    /// An upstream response body on a pooled HTTP/1 connection, which
+    /// goes back to its pool once the body has reached its end.
+    Leased {
+        incoming: Incoming,
+        lease: Lease<Body>,
+    },
 }
 
-/// An upstream response body and the connection it arrives on, which
-/// goes back to its pool once the body has reached its end.
-struct Leased {
-    incoming: Incoming,
-    lease: Lease,
+/// What must learn how a response ended. See the module docs.
+struct Tail {
+    outcome: Outcome,
+    upstream_elapsed: Option<Duration>,
+    permit: Option<BulkheadPermit>,
+    breaker: Option<BreakerRecord>,
+    endpoint: Option<TryRecord>,
+    completion: Option<Completion>,
 }
 
-impl Drop for Leased {
-    fn drop(&mut self) {
-        // A body nobody read to the end may still be complete (an empty
-        // or fully counted one); otherwise the connection closes with it.
-        if self.incoming.is_end_stream() {
-            self.lease.release();
-        }
-    }
-}
-
-/// Runs once when a body finishes or is dropped.
+/// Runs once when a response ends: the access log and request metrics.
 pub struct Completion {
-    on_end: Option<Box<dyn FnOnce(EndReason) + Send + Sync>>,
-}
-
-/// How a body ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// All of it was sent.
-    Complete,
-    /// The stream failed part way (e.g. the upstream reset).
-    Error,
-    /// It was dropped before the end (e.g. the client went away).
-    Dropped,
+    on_end: Box<dyn FnOnce(&End) + Send + Sync>,
 }
 
 impl Completion {
-    /// Calls `on_end` exactly once.
-    pub fn new(on_end: impl FnOnce(EndReason) + Send + Sync + 'static) -> Self {
+    /// Calls `on_end` exactly once, when the body ends or is dropped.
+    pub fn new(on_end: impl FnOnce(&End) + Send + Sync + 'static) -> Self {
         Completion {
-            on_end: Some(Box::new(on_end)),
-        }
-    }
-
-    fn fire(&mut self, reason: EndReason) {
-        if let Some(on_end) = self.on_end.take() {
-            on_end(reason);
+            on_end: Box::new(on_end),
         }
     }
 }
 
-impl Drop for Completion {
-    fn drop(&mut self) {
-        self.fire(EndReason::Dropped);
+/// The client's failure while sending its request body, noted by the body
+/// and read by whoever sent it upstream.
+#[derive(Debug, Default)]
+pub struct ClientFault(AtomicU8);
+
+const NO_FAULT: u8 = 0;
+const FAULT_GONE: u8 = 1;
+const FAULT_MALFORMED: u8 = 2;
+
+impl ClientFault {
+    /// The client's failure, if its body failed.
+    pub fn get(&self) -> Option<CallError> {
+        match self.0.load(Ordering::Acquire) {
+            FAULT_GONE => Some(CallError::ClientGone),
+            FAULT_MALFORMED => Some(CallError::ClientMalformed),
+            _ => None,
+        }
+    }
+
+    /// Notes how the client's body failed: refused by the framing guard or
+    /// unparseable (malformed), or anything else, such as a body cut short
+    /// or a stall past `body_read_idle` (the client gone).
+    fn note(&self, error: &hyper::Error) {
+        let malformed = error.is_parse() || caused_by(error, std::io::ErrorKind::InvalidData);
+        let fault = if malformed {
+            FAULT_MALFORMED
+        } else {
+            FAULT_GONE
+        };
+        let _ = self
+            .0
+            .compare_exchange(NO_FAULT, fault, Ordering::AcqRel, Ordering::Acquire);
     }
 }
+
+// === impl Body ===
 
 impl Body {
+    fn of(kind: Kind) -> Self {
+        Body { kind, tail: None }
+    }
+
     /// No body.
     pub fn empty() -> Self {
-        Body {
-            kind: Kind::Empty,
-            completion: None,
-            permit: None,
-        }
+        Body::of(Kind::Empty)
     }
 
     /// A body held in memory.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        let kind = if bytes.is_empty() {
-            Kind::Empty
+        if bytes.is_empty() {
+            Body::empty()
         } else {
-            Kind::Full(Some(bytes))
-        };
-        Body {
-            kind,
-            completion: None,
-            permit: None,
+            Body::of(Kind::Full(Some(bytes)))
         }
     }
 
     /// A streamed hyper body.
     pub fn incoming(incoming: Incoming) -> Self {
-        Body {
-            kind: Kind::Incoming(incoming),
-            completion: None,
-            permit: None,
-        }
+        Body::of(Kind::Incoming(incoming))
+    }
+
+    /// A downstream request body.
+    pub fn downstream(incoming: Incoming) -> Self {
+        Body::of(Kind::Downstream {
+            incoming,
+            fault: None,
+        })
     }
 
     /// An upstream response body whose connection returns to its pool
     /// when the body ends.
-    pub fn leased(incoming: Incoming, lease: Lease) -> Self {
-        Body {
-            kind: Kind::Leased(Leased { incoming, lease }),
-            completion: None,
-            permit: None,
+    pub fn leased(incoming: Incoming, lease: Lease<Body>) -> Self {
+        Body::of(Kind::Leased { incoming, lease })
+    }
+
+    /// For a downstream request body still to be read: a handle that says
+    /// whether the client failed while sending it. `None` for any other
+    /// body (nothing left that the client could break).
+    pub fn watch_client(&mut self) -> Option<Arc<ClientFault>> {
+        match &mut self.kind {
+            Kind::Downstream { incoming, fault } if !incoming.is_end_stream() => {
+                Some(fault.get_or_insert_with(Default::default).clone())
+            }
+            _ => None,
         }
     }
 
+    fn tail(&mut self) -> &mut Tail {
+        self.tail.get_or_insert_with(|| {
+            Box::new(Tail {
+                outcome: Outcome::Success,
+                upstream_elapsed: None,
+                permit: None,
+                breaker: None,
+                endpoint: None,
+                completion: None,
+            })
+        })
+    }
+
+    /// Records how the response was classified when its headers arrived,
+    /// and the try's time to them.
+    pub fn classify(&mut self, outcome: Outcome, upstream_elapsed: Option<Duration>) {
+        let tail = self.tail();
+        tail.outcome = outcome;
+        tail.upstream_elapsed = upstream_elapsed;
+    }
+
+    /// The classification made at the headers (`success` when none was).
+    pub fn outcome(&self) -> Outcome {
+        self.tail
+            .as_ref()
+            .map_or(Outcome::Success, |tail| tail.outcome)
+    }
+
     /// Holds `permit` until this body is dropped.
-    pub fn with_permit(mut self, permit: crate::policy::bulkhead::BulkheadPermit) -> Self {
-        self.permit = Some(permit);
-        self
+    pub fn hold_permit(&mut self, permit: BulkheadPermit) {
+        self.tail().permit = Some(permit);
     }
 
-    /// Attaches a completion to run when this body ends.
-    pub fn with_completion(mut self, completion: Completion) -> Self {
-        self.completion = Some(completion);
-        self
+    /// Records the breaker's ticket when this body ends.
+    pub fn record_breaker(&mut self, record: BreakerRecord) {
+        self.tail().breaker = Some(record);
     }
 
+    /// Records the try against its endpoint when this body ends.
+    pub fn record_try(&mut self, record: TryRecord) {
+        self.tail().endpoint = Some(record);
+    }
+
+    /// Runs `completion` when this body ends.
+    pub fn complete_with(&mut self, completion: Completion) {
+        self.tail().completion = Some(completion);
+    }
+
+    /// Fires the tail's hooks once, with how the body ended.
     fn finish(&mut self, reason: EndReason) {
-        if let Some(mut completion) = self.completion.take() {
-            completion.fire(reason);
+        let Some(mut tail) = self.tail.take() else {
+            return;
+        };
+        let outcome = match (reason, tail.outcome) {
+            (EndReason::Error, Outcome::Success | Outcome::Slow | Outcome::Http5xx) => {
+                Outcome::Reset
+            }
+            (_, outcome) => outcome,
+        };
+        let end = End {
+            outcome,
+            reason,
+            upstream_elapsed: tail.upstream_elapsed,
+        };
+        if let Some(record) = tail.endpoint.take() {
+            record.finish(&end);
+        }
+        if let Some(record) = tail.breaker.take() {
+            record.finish(&end);
+        }
+        if let Some(completion) = tail.completion.take() {
+            (completion.on_end)(&end);
+        }
+        // The permit goes last: the slot frees once everything is counted.
+        drop(tail.permit.take());
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if self.tail.is_some() {
+            self.finish(EndReason::Dropped);
+        }
+        if let Kind::Leased { incoming, lease } = &mut self.kind {
+            // A body nobody read to the end may still be complete (an empty
+            // or fully counted one); otherwise the connection closes with it.
+            if incoming.is_end_stream() {
+                lease.release();
+            }
         }
     }
 }
@@ -166,16 +285,17 @@ impl http_body::Body for Body {
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Kind::Incoming(incoming) => poll_incoming(incoming, cx),
-            Kind::Leased(leased) => {
-                let polled = poll_incoming(&mut leased.incoming, cx);
+            Kind::Incoming(incoming) => poll_incoming(incoming, cx, None),
+            Kind::Downstream { incoming, fault } => poll_incoming(incoming, cx, fault.as_deref()),
+            Kind::Leased { incoming, lease } => {
+                let polled = poll_incoming(incoming, cx, None);
                 let ended = match &polled {
                     Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => leased.incoming.is_end_stream(),
+                    Poll::Ready(Some(Ok(_))) => incoming.is_end_stream(),
                     _ => false,
                 };
                 if ended {
-                    leased.lease.release();
+                    lease.release();
                 }
                 polled
             }
@@ -195,8 +315,9 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => true,
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Incoming(incoming) => incoming.is_end_stream(),
-            Kind::Leased(leased) => leased.incoming.is_end_stream(),
+            Kind::Incoming(incoming)
+            | Kind::Downstream { incoming, .. }
+            | Kind::Leased { incoming, .. } => incoming.is_end_stream(),
         }
     }
 
@@ -204,64 +325,86 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Incoming(incoming) => incoming.size_hint(),
-            Kind::Leased(leased) => leased.incoming.size_hint(),
+            Kind::Incoming(incoming)
+            | Kind::Downstream { incoming, .. }
+            | Kind::Leased { incoming, .. } => incoming.size_hint(),
         }
     }
 }
 
-/// A frame of a hyper body, its error boxed.
+/// A frame of a hyper body, its error boxed (and, for a downstream body,
+/// noted as the client's fault).
 fn poll_incoming(
     incoming: &mut Incoming,
     cx: &mut Context<'_>,
+    fault: Option<&ClientFault>,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    Pin::new(incoming)
-        .poll_frame(cx)
-        .map(|frame| frame.map(|result| result.map_err(Into::into)))
+    Pin::new(incoming).poll_frame(cx).map(|frame| {
+        frame.map(|result| {
+            result.map_err(|error| {
+                if let Some(fault) = fault {
+                    fault.note(&error);
+                }
+                error.into()
+            })
+        })
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use http_body_util::BodyExt;
 
     use super::*;
 
-    #[tokio::test]
-    async fn completion_fires_once_on_end() {
+    fn recorded() -> (Arc<Mutex<Vec<End>>>, Completion) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
-        let body = Body::full("hello").with_completion(Completion::new(move |reason| {
-            record.lock().unwrap().push(reason)
-        }));
+        let completion = Completion::new(move |end| record.lock().unwrap().push(*end));
+        (seen, completion)
+    }
+
+    #[tokio::test]
+    async fn completion_fires_once_on_end() {
+        let (seen, completion) = recorded();
+        let mut body = Body::full("hello");
+        body.complete_with(completion);
         let collected = body.collect().await.unwrap().to_bytes();
         assert_eq!(collected, "hello");
-        assert_eq!(*seen.lock().unwrap(), [EndReason::Complete]);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].reason, EndReason::Complete);
     }
 
     #[tokio::test]
     async fn completion_fires_complete_on_last_frame() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
-        let mut body = Body::full("hello").with_completion(Completion::new(move |reason| {
-            record.lock().unwrap().push(reason)
-        }));
+        let (seen, completion) = recorded();
+        let mut body = Body::full("hello");
+        body.complete_with(completion);
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "hello");
         drop(body);
-        assert_eq!(*seen.lock().unwrap(), [EndReason::Complete]);
+        assert_eq!(seen.lock().unwrap()[0].reason, EndReason::Complete);
     }
 
     #[test]
-    fn completion_fires_on_drop() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
-        drop(
-            Body::full("hello").with_completion(Completion::new(move |reason| {
-                record.lock().unwrap().push(reason)
-            })),
-        );
-        assert_eq!(*seen.lock().unwrap(), [EndReason::Dropped]);
+    fn completion_fires_on_drop_with_the_headers_classification() {
+        let (seen, completion) = recorded();
+        let mut body = Body::full("hello");
+        body.classify(Outcome::Http5xx, Some(Duration::from_millis(3)));
+        body.complete_with(completion);
+        drop(body);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].reason, EndReason::Dropped);
+        assert_eq!(seen[0].outcome, Outcome::Http5xx);
+        assert_eq!(seen[0].upstream_elapsed, Some(Duration::from_millis(3)));
+    }
+
+    #[test]
+    fn only_a_downstream_body_is_watched() {
+        assert!(Body::full("x").watch_client().is_none());
+        assert!(Body::empty().watch_client().is_none());
     }
 }

@@ -18,10 +18,13 @@
 //! starts, fed first with any bytes the last one had read ahead (a
 //! pipelined request). A connection that must close after its response
 //! (`connection: close` either way, an upgrade) is never parked.
+//!
+//! The loop works over any [`Transport`] and knows the connection only by
+//! its [`Conn`]: the same code serves plain TCP, TLS and intercepted
+//! connections.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,12 +34,11 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::framing::HeadLimits;
-use super::guard::{GuardCounters, GuardTimeouts, GuardedStream};
-use super::service::{self, ConnContext};
+use super::guard::{GuardCounters, GuardTimeouts, GuardedStream, Transport};
+use super::meta::{Conn, Flag};
+use super::service;
 use crate::config::Limits;
 
 /// HTTP/2 flow-control windows (SPEC §11): 64 KiB per stream, 1 MiB per
@@ -55,23 +57,21 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves one downstream connection until it closes, the client is idle
 /// for `limits.idle`, or shutdown asks it to finish.
-pub async fn serve_connection(
-    context: Arc<ConnContext>,
-    stream: TcpStream,
-    permit: OwnedSemaphorePermit,
+pub async fn serve_connection<IO: Transport>(
+    conn: Arc<Conn>,
+    stream: IO,
     guard_counters: Arc<GuardCounters>,
 ) {
-    let state = context.state.clone();
-    let snapshot = state.snapshot();
-    let limits = snapshot
-        .listener(&context.listener)
+    let plane = conn.plane.clone();
+    let limits = plane
+        .snapshot()
+        .listener(&conn.meta.listener)
         .map(|listener| listener.limits.clone())
         .unwrap_or_default();
-    drop(snapshot);
-    let gauge = state
+    let gauge = plane
         .metrics
         .downstream_connections
-        .with_label_values(&[&*context.listener]);
+        .with_label_values(&[&*conn.meta.listener]);
     gauge.inc();
 
     let head_limits = HeadLimits {
@@ -84,32 +84,24 @@ pub async fn serve_connection(
         header_read: limits.header_read,
         body_read_idle: limits.body_read_idle,
     };
-    let mut stream = GuardedStream::new(
-        stream,
-        context.clone(),
-        head_limits,
-        timeouts,
-        guard_counters,
-    );
+    let mut stream =
+        GuardedStream::new(stream, conn.clone(), head_limits, timeouts, guard_counters);
     match sniff(&mut stream).await {
         // Boxed: hyper's HTTP/2 connection is large, and inline it would
         // size every connection's task, HTTP/1 ones included.
-        Ok((true, first)) => {
-            Box::pin(serve_h2(&context, &limits, Resumed::new(first, stream))).await
-        }
-        Ok((false, first)) => serve_http1(&context, &limits, Resumed::new(first, stream)).await,
+        Ok((true, first)) => Box::pin(serve_h2(&conn, &limits, Resumed::new(first, stream))).await,
+        Ok((false, first)) => serve_http1(&conn, &limits, Resumed::new(first, stream)).await,
         // Closed, refused by the guard, or timed out before a request.
         Err(error) => {
-            tracing::debug!(peer = %context.peer, %error, "Connection ended before a request.");
+            tracing::debug!(peer = %conn.meta.peer, %error, "Connection ended before a request.");
         }
     }
     gauge.dec();
-    drop(permit);
 }
 
 /// Reads until the first bytes decide the protocol: `true` for the h2c
 /// preface. Returns the bytes read, which the session then reads first.
-async fn sniff(stream: &mut GuardedStream) -> io::Result<(bool, Bytes)> {
+async fn sniff<IO: Transport>(stream: &mut GuardedStream<IO>) -> io::Result<(bool, Bytes)> {
     let mut first = [0u8; H2_PREFACE.len()];
     let mut len = 0;
     loop {
@@ -156,17 +148,17 @@ fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
 }
 
 /// HTTP/1: one hyper session per burst of requests, parked in between.
-async fn serve_http1(context: &Arc<ConnContext>, limits: &Limits, mut io: Resumed) {
+async fn serve_http1<IO: Transport>(conn: &Arc<Conn>, limits: &Limits, mut io: Resumed<IO>) {
     let builder = http1_builder(limits);
-    let mut shutdown = context.state.shutdown.subscribe();
+    let mut shutdown = conn.plane.watch_shutdown();
     // One timer for the connection's life, re-armed at most once per
     // PARK_AFTER, not once per request.
     let park_timer = tokio::time::sleep(PARK_AFTER);
     tokio::pin!(park_timer);
     loop {
-        context.parking.store(false, Ordering::Relaxed);
-        let service_context = context.clone();
-        let service = service_fn(move |request| service::handle(service_context.clone(), request));
+        conn.flags.set(Flag::Parking, false);
+        let service_conn = conn.clone();
+        let service = service_fn(move |request| service::handle(service_conn.clone(), request));
         let mut session = Box::pin(
             builder
                 .serve_connection(TokioIo::new(io), service)
@@ -183,15 +175,15 @@ async fn serve_http1(context: &Arc<ConnContext>, limits: &Limits, mut io: Resume
                     session.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                _ = context.activity.quiet(), if !closing && armed.is_none() => {
-                    let (generation, quiet) = context.activity.observe();
+                _ = conn.activity.quiet(), if !closing && armed.is_none() => {
+                    let (generation, quiet) = conn.activity.observe();
                     if quiet {
                         park_timer.as_mut().reset(tokio::time::Instant::now() + PARK_AFTER);
                         armed = Some(generation);
                     }
                 }
                 _ = park_timer.as_mut(), if !closing && armed.is_some() => {
-                    let (generation, quiet) = context.activity.observe();
+                    let (generation, quiet) = conn.activity.observe();
                     if !quiet {
                         // Busy again: the next quiet moment re-arms.
                         armed = None;
@@ -199,8 +191,8 @@ async fn serve_http1(context: &Arc<ConnContext>, limits: &Limits, mut io: Resume
                         // Requests came and went: quiet for less than PARK_AFTER.
                         park_timer.as_mut().reset(tokio::time::Instant::now() + PARK_AFTER);
                         armed = Some(generation);
-                    } else if !context.close_after.load(Ordering::Relaxed) {
-                        context.parking.store(true, Ordering::Relaxed);
+                    } else if !conn.flags.get(Flag::CloseAfter) {
+                        conn.flags.set(Flag::Parking, true);
                         session.as_mut().graceful_shutdown();
                         closing = true;
                     }
@@ -208,12 +200,12 @@ async fn serve_http1(context: &Arc<ConnContext>, limits: &Limits, mut io: Resume
             }
         };
         if let Err(error) = ended {
-            tracing::debug!(peer = %context.peer, %error, "Connection ended with an error.");
+            tracing::debug!(peer = %conn.meta.peer, %error, "Connection ended with an error.");
             return;
         }
         // Only a session this loop parked hands the socket back; one that
         // ended on its own (close, upgrade, drain) is over.
-        let parked = context.parking.load(Ordering::Relaxed) && !*shutdown.borrow();
+        let parked = conn.flags.get(Flag::Parking) && !*shutdown.borrow();
         let Some(parts) = Pin::into_inner(session).into_parts().filter(|_| parked) else {
             return;
         };
@@ -227,13 +219,13 @@ async fn serve_http1(context: &Arc<ConnContext>, limits: &Limits, mut io: Resume
         // whole read buffer, which must not stay allocated while parked.
         io.prefix = Bytes::copy_from_slice(&read_buf);
         drop(read_buf);
-        tracing::trace!(peer = %context.peer, read_ahead = io.prefix.len(), "Parked an idle connection.");
+        tracing::trace!(peer = %conn.meta.peer, read_ahead = io.prefix.len(), "Parked an idle connection.");
         if io.prefix.is_empty() {
             // Parked: wait for the next request with nothing buffered.
             tokio::select! {
                 readable = io.stream.readable() => if readable.is_err() { return },
                 _ = tokio::time::sleep(limits.idle) => {
-                    tracing::debug!(peer = %context.peer, "Closing idle connection.");
+                    tracing::debug!(peer = %conn.meta.peer, "Closing idle connection.");
                     return;
                 }
                 _ = shutdown.wait_for(|stopping| *stopping) => return,
@@ -243,21 +235,21 @@ async fn serve_http1(context: &Arc<ConnContext>, limits: &Limits, mut io: Resume
 }
 
 /// h2c: one hyper session for the connection's life.
-async fn serve_h2(context: &Arc<ConnContext>, limits: &Limits, io: Resumed) {
-    let service_context = context.clone();
-    let service = service_fn(move |request| service::handle(service_context.clone(), request));
+async fn serve_h2<IO: Transport>(conn: &Arc<Conn>, limits: &Limits, io: Resumed<IO>) {
+    let service_conn = conn.clone();
+    let service = service_fn(move |request| service::handle(service_conn.clone(), request));
     let connection = http2_builder(limits).serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let mut shutdown = context.state.shutdown.subscribe();
+    let mut shutdown = conn.plane.watch_shutdown();
     let mut idle_check = tokio::time::interval(limits.idle / 2);
     idle_check.tick().await;
-    let mut last_seen = context.activity.observe().0;
+    let mut last_seen = conn.activity.observe().0;
     let mut closing = false;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
-                    tracing::debug!(peer = %context.peer, %error, "Connection ended with an error.");
+                    tracing::debug!(peer = %conn.meta.peer, %error, "Connection ended with an error.");
                 }
                 return;
             }
@@ -266,9 +258,9 @@ async fn serve_h2(context: &Arc<ConnContext>, limits: &Limits, io: Resumed) {
                 closing = true;
             }
             _ = idle_check.tick(), if !closing => {
-                let (generation, quiet) = context.activity.observe();
+                let (generation, quiet) = conn.activity.observe();
                 if quiet && generation == last_seen {
-                    tracing::debug!(peer = %context.peer, "Closing idle connection.");
+                    tracing::debug!(peer = %conn.meta.peer, "Closing idle connection.");
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -279,18 +271,18 @@ async fn serve_h2(context: &Arc<ConnContext>, limits: &Limits, io: Resumed) {
 }
 
 /// The guarded socket, with bytes already read from it served first.
-struct Resumed {
+struct Resumed<IO: Transport> {
     prefix: Bytes,
-    stream: GuardedStream,
+    stream: GuardedStream<IO>,
 }
 
-impl Resumed {
-    fn new(prefix: Bytes, stream: GuardedStream) -> Self {
+impl<IO: Transport> Resumed<IO> {
+    fn new(prefix: Bytes, stream: GuardedStream<IO>) -> Self {
         Resumed { prefix, stream }
     }
 }
 
-impl AsyncRead for Resumed {
+impl<IO: Transport> AsyncRead for Resumed<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -306,7 +298,7 @@ impl AsyncRead for Resumed {
     }
 }
 
-impl AsyncWrite for Resumed {
+impl<IO: Transport> AsyncWrite for Resumed<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -421,8 +421,8 @@ enum State {
 enum Chunk {
     /// Reading the hex chunk size.
     Size { digits: u8, size: u64 },
-    /// After the size: whitespace and extensions, until CR.
-    Extension { size: u64, len: usize },
+    /// After the size: chunk extensions (RFC 9112 §7.1.1), until CR.
+    Extension { size: u64, len: usize, at: Ext },
     /// CR seen after the size line; LF expected.
     SizeLf { size: u64 },
     /// Chunk data still to come.
@@ -437,6 +437,69 @@ enum Chunk {
         line_len: usize,
         last_was_cr: bool,
     },
+}
+
+/// Where a chunk-size line's extensions are:
+/// `*( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ext {
+    /// Whitespace before the next `;` (or the line's end, after a value).
+    BeforeSemicolon,
+    /// After `;`: whitespace, then the name's first byte.
+    NameStart,
+    /// Inside the name.
+    Name,
+    /// After the name: whitespace, `=`, `;` or the line's end.
+    AfterName,
+    /// After `=`: whitespace, then the value's first byte.
+    ValueStart,
+    /// Inside a token value.
+    Token,
+    /// Inside a quoted value.
+    Quoted,
+    /// After a backslash inside a quoted value.
+    QuotedEscape,
+}
+
+impl Ext {
+    /// The next position after `byte`, or `None` if the line is malformed.
+    /// CR is handled by the caller (allowed only where the line may end).
+    fn next(self, byte: u8) -> Option<Ext> {
+        let space = matches!(byte, b' ' | b'\t');
+        match self {
+            Ext::BeforeSemicolon | Ext::AfterName if byte == b';' => Some(Ext::NameStart),
+            Ext::BeforeSemicolon if space => Some(Ext::BeforeSemicolon),
+            Ext::NameStart if space => Some(Ext::NameStart),
+            Ext::NameStart | Ext::Name if is_tchar(byte) => Some(Ext::Name),
+            Ext::Name | Ext::AfterName if space => Some(Ext::AfterName),
+            Ext::Name | Ext::AfterName if byte == b'=' => Some(Ext::ValueStart),
+            Ext::Name if byte == b';' => Some(Ext::NameStart),
+            Ext::ValueStart if space => Some(Ext::ValueStart),
+            Ext::ValueStart if byte == b'"' => Some(Ext::Quoted),
+            Ext::ValueStart | Ext::Token if is_tchar(byte) => Some(Ext::Token),
+            Ext::Token if byte == b';' => Some(Ext::NameStart),
+            Ext::Token if space => Some(Ext::BeforeSemicolon),
+            Ext::Quoted if byte == b'"' => Some(Ext::BeforeSemicolon),
+            Ext::Quoted if byte == b'\\' => Some(Ext::QuotedEscape),
+            Ext::Quoted
+                if byte == b'\t'
+                    || byte == b' '
+                    || (0x21..=0x7e).contains(&byte)
+                    || byte >= 0x80 =>
+            {
+                Some(Ext::Quoted)
+            }
+            Ext::QuotedEscape if byte == b'\t' || (0x20..=0x7e).contains(&byte) || byte >= 0x80 => {
+                Some(Ext::Quoted)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the line may end (CR) here: after a complete name or value.
+    fn may_end(self) -> bool {
+        matches!(self, Ext::Name | Ext::Token | Ext::BeforeSemicolon)
+    }
 }
 
 const FRESH_HEAD: State = State::Head {
@@ -648,20 +711,34 @@ impl Framer {
                         }
                         match byte {
                             b'\r' => Chunk::SizeLf { size },
-                            b';' | b' ' | b'\t' => Chunk::Extension { size, len: 1 },
+                            b';' => Chunk::Extension {
+                                size,
+                                len: 1,
+                                at: Ext::NameStart,
+                            },
+                            b' ' | b'\t' => Chunk::Extension {
+                                size,
+                                len: 1,
+                                at: Ext::BeforeSemicolon,
+                            },
                             _ => return Err(Violation::BadChunk),
                         }
                     }
                 },
-                Chunk::Extension { size, len } => match byte {
-                    b'\r' => Chunk::SizeLf { size },
-                    _ if len >= MAX_CHUNK_EXTENSION
-                        || byte == b'\n'
-                        || !is_field_value_byte(byte) =>
-                    {
-                        return Err(Violation::BadChunk)
+                Chunk::Extension { size, len, at } => match byte {
+                    // Whitespace alone after the size is not an extension.
+                    b'\r' if at.may_end() && !(at == Ext::BeforeSemicolon && len == 1) => {
+                        Chunk::SizeLf { size }
                     }
-                    _ => Chunk::Extension { size, len: len + 1 },
+                    _ if len >= MAX_CHUNK_EXTENSION => return Err(Violation::BadChunk),
+                    _ => match at.next(byte) {
+                        Some(at) => Chunk::Extension {
+                            size,
+                            len: len + 1,
+                            at,
+                        },
+                        None => return Err(Violation::BadChunk),
+                    },
                 },
                 Chunk::SizeLf { size } => match byte {
                     b'\n' if size == 0 => Chunk::Trailer {

@@ -6,9 +6,16 @@
 //! a refused head is taken back out of hyper's buffer, so hyper never holds
 //! a complete bad request and nothing of it can reach an upstream. The
 //! guard then writes its own error response (only when no response of
-//! hyper's can be in progress), fails the read so hyper drops the
-//! connection, and lingers briefly on close so the client reads the answer
-//! instead of a reset.
+//! hyper's can be in progress: none was written since the refused
+//! request's head), fails the read so hyper drops the connection, refuses
+//! every later write so nothing of hyper's can follow its answer, and
+//! lingers briefly on close so the client reads the answer instead of a
+//! reset. A request refused mid-body (a malformed chunk) thus still gets
+//! its 400, and the request already forwarded ends as the client's
+//! failure, never the upstream's.
+//!
+//! The guard works over any [`Transport`]: plain TCP now, TLS and
+//! intercepted connections alike.
 //!
 //! It also owns two timers hyper does not have in the form we need:
 //! `header_read` (from accept for the first request, from its first byte
@@ -27,8 +34,22 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::framing::{Framer, HeadLimits, Phase, Violation};
-use super::service::ConnContext;
+use super::meta::{Conn, Flag};
+use super::reject::http1_refusal;
 use crate::metrics::Metrics;
+
+/// A downstream byte stream the guard can sit on.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Resolves when the peer has sent something (or closed), without
+    /// reading: a parked connection waits on this with no buffer.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Transport for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
 
 /// How long a refused connection is drained before it is closed, so the
 /// client's unread bytes do not turn our FIN into a reset that destroys the
@@ -78,11 +99,11 @@ pub struct GuardTimeouts {
     pub body_read_idle: Duration,
 }
 
-/// A TCP stream whose request bytes are framed and checked first.
-pub struct GuardedStream {
-    inner: Option<TcpStream>,
+/// A downstream stream whose request bytes are framed and checked first.
+pub struct GuardedStream<IO: Transport> {
+    inner: Option<IO>,
     framer: Framer,
-    context: Arc<ConnContext>,
+    conn: Arc<Conn>,
     counters: Arc<GuardCounters>,
     timeouts: GuardTimeouts,
     /// Deadline of the running timer and what it guards.
@@ -92,13 +113,18 @@ pub struct GuardedStream {
     /// it pinning their pages after they are freed).
     sleep: Pin<Box<Sleep>>,
     refused: bool,
+    /// Heads the framer had passed when `wrote` was last reset.
+    heads_seen: u64,
+    /// Whether hyper wrote anything since the latest request head: then a
+    /// response may be on the wire and the guard must not write its own.
+    wrote: bool,
 }
 
-impl GuardedStream {
+impl<IO: Transport> GuardedStream<IO> {
     /// Wraps a freshly accepted connection.
     pub fn new(
-        stream: TcpStream,
-        context: Arc<ConnContext>,
+        stream: IO,
+        conn: Arc<Conn>,
         limits: HeadLimits,
         timeouts: GuardTimeouts,
         counters: Arc<GuardCounters>,
@@ -108,7 +134,7 @@ impl GuardedStream {
         GuardedStream {
             inner: Some(stream),
             framer: Framer::new(limits),
-            context,
+            conn,
             counters,
             timeouts,
             deadline,
@@ -116,21 +142,24 @@ impl GuardedStream {
                 deadline.map_or_else(Instant::now, |(at, _)| at),
             )),
             refused: false,
+            heads_seen: 0,
+            wrote: false,
         }
     }
 
     /// Waits until the client sent something (or closed), without reading.
     pub async fn readable(&self) -> io::Result<()> {
-        match &self.inner {
-            Some(stream) => stream.readable().await,
-            None => Err(io::Error::new(
+        std::future::poll_fn(|cx| match &self.inner {
+            Some(stream) => stream.poll_read_ready(cx),
+            None => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "connection closed",
-            )),
-        }
+            ))),
+        })
+        .await
     }
 
-    fn inner(&mut self) -> io::Result<&mut TcpStream> {
+    fn inner(&mut self) -> io::Result<&mut IO> {
         self.inner
             .as_mut()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))
@@ -147,54 +176,42 @@ impl GuardedStream {
         };
     }
 
-    /// Answers a refused request (when nothing else can be writing), counts
-    /// it, and fails the read so hyper drops the connection.
+    /// Answers a refused request (when no response of hyper's can be in
+    /// progress), counts it, and fails the read so hyper drops the
+    /// connection. `status` 0 closes without an answer. The error's kind
+    /// tells a malformed request (`InvalidData`) from a stalled one
+    /// (`TimedOut`).
     fn refuse(
         &mut self,
         cx: &mut Context<'_>,
         status: u16,
         reason: &'static str,
+        kind: io::ErrorKind,
         counter: Option<&IntCounter>,
     ) -> io::Error {
         self.refused = true;
         if let Some(counter) = counter {
             counter.inc();
         }
-        tracing::debug!(peer = %self.context.peer, listener = &*self.context.listener, status, reason, "Request refused before routing.");
-        // A response of hyper's may be on the wire while a request is in
-        // flight; then the connection is only closed.
-        let (_, quiet) = self.context.activity.observe();
-        if quiet && status != 0 {
-            let response = error_response(status, reason);
+        let meta = &self.conn.meta;
+        tracing::debug!(peer = %meta.peer, listener = &*meta.listener, status, reason, "Request refused by the framing guard.");
+        // hyper may be writing a response; then the connection is only
+        // closed. Nothing written since the refused request's head, with
+        // no earlier response still streaming, means nothing is.
+        let (_, quiet) = self.conn.activity.observe();
+        let current_only = self.conn.activity.in_flight() <= 1;
+        let unanswered = quiet || (current_only && !self.wrote);
+        if unanswered && status != 0 {
+            let response = http1_refusal(status, reason);
             if let Some(stream) = self.inner.as_mut() {
                 let _ = Pin::new(stream).poll_write(cx, response.as_bytes());
             }
         }
-        io::Error::new(io::ErrorKind::InvalidData, reason)
+        io::Error::new(kind, reason)
     }
 }
 
-/// The complete bytes of a refusal response.
-fn error_response(status: u16, reason: &str) -> String {
-    let phrase = match status {
-        400 => "Bad Request",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        431 => "Request Header Fields Too Large",
-        501 => "Not Implemented",
-        505 => "HTTP Version Not Supported",
-        _ => "Error",
-    };
-    let header_reason = reason.replace('_', "-");
-    let body = format!("{{\"error\":\"{header_reason}\",\"status\":{status}}}\n");
-    format!(
-        "HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\nx-breakwater-reason: {header_reason}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-impl AsyncRead for GuardedStream {
+impl<IO: Transport> AsyncRead for GuardedStream<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -218,9 +235,11 @@ impl AsyncRead for GuardedStream {
                 match this.framer.feed(fresh) {
                     Ok(()) => {
                         if this.framer.phase() == Phase::Passthrough && this.framer.n_heads > 0 {
-                            this.context
-                                .framing_stopped
-                                .store(true, std::sync::atomic::Ordering::Release);
+                            this.conn.flags.set(Flag::FramingStopped, true);
+                        }
+                        if this.framer.n_heads != this.heads_seen {
+                            this.heads_seen = this.framer.n_heads;
+                            this.wrote = false;
                         }
                         this.update_deadline(phase);
                         Poll::Ready(Ok(()))
@@ -229,15 +248,11 @@ impl AsyncRead for GuardedStream {
                         // Take the refused bytes back: hyper never sees them.
                         buf.set_filled(before);
                         let counters = this.counters.clone();
-                        let status = if phase == Phase::Body {
-                            0
-                        } else {
-                            violation.status()
-                        };
                         Poll::Ready(Err(this.refuse(
                             cx,
-                            status,
+                            violation.status(),
                             violation.reason(),
+                            io::ErrorKind::InvalidData,
                             counters.violation(violation),
                         )))
                     }
@@ -259,12 +274,14 @@ impl AsyncRead for GuardedStream {
                         cx,
                         0,
                         "body_read_timeout",
+                        io::ErrorKind::TimedOut,
                         Some(&counters.body_read_timeout),
                     ),
                     _ => this.refuse(
                         cx,
                         408,
                         "header_read_timeout",
+                        io::ErrorKind::TimedOut,
                         Some(&counters.header_read_timeout),
                     ),
                 };
@@ -276,13 +293,25 @@ impl AsyncRead for GuardedStream {
 
 use std::future::Future as _;
 
-impl AsyncWrite for GuardedStream {
+impl<IO: Transport> GuardedStream<IO> {
+    /// The stream for hyper's writes: none after a refusal, since the
+    /// guard's answer must be the last thing on the wire.
+    fn writable(&mut self) -> io::Result<&mut IO> {
+        if self.refused {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "request refused"));
+        }
+        self.wrote = true;
+        self.inner()
+    }
+}
+
+impl<IO: Transport> AsyncWrite for GuardedStream<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(self.inner()?).poll_write(cx, buf)
+        Pin::new(self.writable()?).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -290,7 +319,7 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(self.inner()?).poll_write_vectored(cx, bufs)
+        Pin::new(self.writable()?).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -304,18 +333,14 @@ impl AsyncWrite for GuardedStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Parking an idle connection ends hyper's session on it, not the
         // connection: the socket stays open for the client's next request.
-        if self
-            .context
-            .parking
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if self.conn.flags.get(Flag::Parking) {
             return Pin::new(self.inner()?).poll_flush(cx);
         }
         Pin::new(self.inner()?).poll_shutdown(cx)
     }
 }
 
-impl Drop for GuardedStream {
+impl<IO: Transport> Drop for GuardedStream<IO> {
     fn drop(&mut self) {
         if !self.refused {
             return;
@@ -337,20 +362,5 @@ impl Drop for GuardedStream {
                 }
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::error_response;
-
-    #[test]
-    fn refusals_are_complete_http_responses() {
-        let response = error_response(400, "content_length_with_transfer_encoding");
-        assert!(response.starts_with("HTTP/1.1 400 Bad Request\r\n"));
-        assert!(response.contains("x-breakwater-reason: content-length-with-transfer-encoding\r\n"));
-        assert!(response.contains("connection: close\r\n"));
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("content-length: {}", body.len())));
     }
 }

@@ -1,18 +1,27 @@
-//! How an upstream attempt ended: the one place that classifies it.
+//! How an exchange with the upstream ended: the one place that classifies it.
 //!
-//! A response is classified by the route's [`Classifier`] (its
-//! `failure_statuses` and `slow_call_duration`), an error by
-//! [`UpstreamError::classify`]. Breakers, retries, outlier detection,
-//! metrics and the access log all use these, so they can never disagree
-//! about whether a request failed. An [`UpstreamError`] also records whether any of the
-//! request was sent, which is what decides if a non-idempotent request may
-//! be retried (SPEC §3.4).
+//! Each try is classified once, where it ends ([`super::upstream::balance`]):
+//! a response by the route's [`Classifier`] (its `failure_statuses`, and
+//! `slow_call_duration` against *that try's* time to response headers — not
+//! time queued in the bulkhead, not earlier tries or backoff), an error by
+//! its [`CallError`]. The classification rides in the response body
+//! (`Body::outcome`) and is refined once when the body ends (an upstream
+//! that breaks the stream mid-body is a `reset`). Breakers, retries, outlier
+//! detection, the supervisor's error-rate trigger, metrics and the access
+//! log all read that one value, so they can never disagree about whether a
+//! request failed.
+//!
+//! The client's own failures are not the upstream's: a request body the
+//! client cut short, or framed badly, ends the exchange with
+//! [`CallError::ClientGone`] or [`CallError::ClientMalformed`], which no
+//! policy counts against the upstream.
 
 use std::error::Error as StdError;
 use std::io;
 use std::time::Duration;
 
-/// The outcome classes of SPEC §3.
+/// The outcome classes of SPEC §3, and the ones breakwater adds for
+/// exchanges that say nothing about the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// A response that is not in `failure_statuses` (a 4xx counts here).
@@ -25,16 +34,20 @@ pub enum Outcome {
     ConnectTimeout,
     /// No response headers within the request timeout.
     Timeout,
-    /// The connection broke after the request was (partly) sent.
+    /// The connection broke after the request was (partly) sent, or the
+    /// upstream broke its response body.
     Reset,
     /// A success slower than `slow_call_duration`.
     Slow,
     /// breakwater answered itself without contacting the upstream (no
-    /// route, or a policy rejected the request).
+    /// route, or a policy refused the request).
     Rejected,
-    /// The client went away before a response existed (logged as 499,
-    /// like nginx).
+    /// The client went away, or cut its request body short (logged as
+    /// 499, like nginx). Never the upstream's failure.
     Cancelled,
+    /// The client's request body was malformed (400). Never the
+    /// upstream's failure.
+    ClientError,
 }
 
 impl Outcome {
@@ -50,6 +63,23 @@ impl Outcome {
             Outcome::Slow => "slow",
             Outcome::Rejected => "rejected",
             Outcome::Cancelled => "cancelled",
+            Outcome::ClientError => "client_error",
+        }
+    }
+
+    /// What the upstream's health learns from this outcome: `Some(true)`
+    /// for a failure of the upstream, `Some(false)` for a success (slow
+    /// included), `None` when it says nothing about the upstream (refused
+    /// locally, or the client's own failure).
+    pub fn upstream_failed(self) -> Option<bool> {
+        match self {
+            Outcome::Success | Outcome::Slow => Some(false),
+            Outcome::Http5xx
+            | Outcome::ConnectError
+            | Outcome::ConnectTimeout
+            | Outcome::Timeout
+            | Outcome::Reset => Some(true),
+            Outcome::Rejected | Outcome::Cancelled | Outcome::ClientError => None,
         }
     }
 }
@@ -71,7 +101,8 @@ impl Classifier {
         self.failure_statuses.contains(&status)
     }
 
-    /// The outcome of a response with `status` whose headers took `elapsed`.
+    /// The outcome of a try answered with `status` after `elapsed` (the
+    /// try's own time to response headers).
     pub fn response(&self, status: u16, elapsed: Duration) -> Outcome {
         if self.is_failure_status(status) {
             Outcome::Http5xx
@@ -83,9 +114,9 @@ impl Classifier {
     }
 }
 
-/// Why an upstream attempt produced no response.
+/// Why an exchange with the upstream produced no response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamError {
+pub enum CallError {
     /// Could not connect; nothing was sent.
     #[error("upstream connection failed")]
     Connect,
@@ -98,48 +129,118 @@ pub enum UpstreamError {
     /// The connection failed after the request started to go out.
     #[error("upstream connection reset")]
     Reset,
+    /// The client went away or cut its request body short.
+    #[error("the client went away before its request was sent")]
+    ClientGone,
+    /// The client's request body was malformed.
+    #[error("the client's request body was malformed")]
+    ClientMalformed,
 }
 
-impl UpstreamError {
+impl CallError {
     /// The outcome class of this error.
     pub fn outcome(self) -> Outcome {
         match self {
-            UpstreamError::Connect => Outcome::ConnectError,
-            UpstreamError::ConnectTimeout => Outcome::ConnectTimeout,
-            UpstreamError::Timeout => Outcome::Timeout,
-            UpstreamError::Reset => Outcome::Reset,
+            CallError::Connect => Outcome::ConnectError,
+            CallError::ConnectTimeout => Outcome::ConnectTimeout,
+            CallError::Timeout => Outcome::Timeout,
+            CallError::Reset => Outcome::Reset,
+            CallError::ClientGone => Outcome::Cancelled,
+            CallError::ClientMalformed => Outcome::ClientError,
         }
     }
 
     /// Whether no byte of the request reached the upstream, so any method
     /// may be retried.
     pub fn nothing_sent(self) -> bool {
-        matches!(self, UpstreamError::Connect | UpstreamError::ConnectTimeout)
+        matches!(self, CallError::Connect | CallError::ConnectTimeout)
     }
 
-    /// Classifies an error from hyper-util's pooled client.
-    pub fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamError {
-        if error.is_connect() {
-            if caused_by_timeout(error) {
-                UpstreamError::ConnectTimeout
-            } else {
-                UpstreamError::Connect
-            }
-        } else {
-            UpstreamError::Reset
-        }
+    /// Whether the failure was the client's (never counted against the
+    /// upstream, never retried).
+    pub fn is_client_fault(self) -> bool {
+        matches!(self, CallError::ClientGone | CallError::ClientMalformed)
     }
 }
 
-fn caused_by_timeout(error: &(dyn StdError + 'static)) -> bool {
+/// How a body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// All of it was sent.
+    Complete,
+    /// The stream failed part way (the upstream broke it).
+    Error,
+    /// It was dropped before the end (the client went away, or a retry
+    /// discarded the response).
+    Dropped,
+}
+
+/// How an exchange ended, as every tail hook sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    /// The final outcome: the classification made at the headers, a
+    /// `reset` if the upstream broke the body.
+    pub outcome: Outcome,
+    /// How the body ended.
+    pub reason: EndReason,
+    /// The final try's time to response headers, for an upstream response.
+    pub upstream_elapsed: Option<Duration>,
+}
+
+/// Whether `error`, or an error it was caused by, is an I/O error of `kind`.
+pub fn caused_by(error: &(dyn StdError + 'static), kind: io::ErrorKind) -> bool {
     let mut source: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(error) = source {
-        if let Some(io_error) = error.downcast_ref::<io::Error>() {
-            if io_error.kind() == io::ErrorKind::TimedOut {
-                return true;
-            }
+        if error
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io_error| io_error.kind() == kind)
+        {
+            return true;
         }
         source = error.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clients_failures_say_nothing_about_the_upstream() {
+        for error in [CallError::ClientGone, CallError::ClientMalformed] {
+            assert!(error.is_client_fault());
+            assert_eq!(error.outcome().upstream_failed(), None);
+        }
+        for error in [
+            CallError::Connect,
+            CallError::ConnectTimeout,
+            CallError::Timeout,
+            CallError::Reset,
+        ] {
+            assert_eq!(error.outcome().upstream_failed(), Some(true));
+        }
+        assert_eq!(Outcome::Slow.upstream_failed(), Some(false));
+        assert_eq!(Outcome::Rejected.upstream_failed(), None);
+    }
+
+    #[test]
+    fn slow_is_judged_on_the_tries_own_time() {
+        let classifier = Classifier {
+            failure_statuses: vec![503],
+            slow_call_duration: Duration::from_millis(100),
+        };
+        assert_eq!(
+            classifier.response(200, Duration::from_millis(50)),
+            Outcome::Success
+        );
+        assert_eq!(
+            classifier.response(200, Duration::from_millis(150)),
+            Outcome::Slow
+        );
+        assert_eq!(
+            classifier.response(503, Duration::from_millis(150)),
+            Outcome::Http5xx
+        );
+    }
 }

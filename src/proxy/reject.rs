@@ -1,18 +1,23 @@
-//! breakwater's own answers: every [`Rejection`] becomes a response here and
+//! breakwater's own answers: every reply it makes itself is built here and
 //! nowhere else.
 //!
-//! Policies decide; this module maps a decision to a status, the
-//! `x-breakwater-reason` header, an honest `retry-after` where waiting
-//! helps, and a small JSON body. Part 4 adds fallbacks and gRPC
-//! trailers-only replies at this one spot.
+//! Policies decide; this module maps a decision — a [`Rejection`] — to a
+//! status, the `x-breakwater-reason` header, an honest `retry-after` where
+//! waiting helps, and a small JSON body. [`reply`] is the one rescue step:
+//! the route stack's top layer (`layers::rescue`) calls it for every
+//! refusal and failed upstream call, the request path calls it for
+//! requests no route takes and for panics, and the framing guard writes
+//! the same body for the requests it refuses before any parser sees them
+//! ([`http1_refusal`]). A reply depends on the request only through
+//! [`ReplyCx`], taken before the request went down the stack.
 
 use std::time::Duration;
 
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use http::{Response, StatusCode};
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
 
 use super::body::Body;
-use super::outcome::UpstreamError;
+use super::outcome::CallError;
 
 /// Header naming why breakwater answered itself.
 pub const REASON_HEADER: &str = "x-breakwater-reason";
@@ -29,8 +34,9 @@ pub enum Rejection {
     },
     /// The route's circuit breaker is open. 503.
     BreakerOpen {
-        /// Until the breaker lets a probe through.
-        retry_after: Duration,
+        /// Until the breaker lets a probe through; `None` when an operator
+        /// forced it open (it stays open until reset).
+        retry_after: Option<Duration>,
     },
     /// The bulkhead and its queue are full, or the queue wait ran out. 503.
     Shed,
@@ -44,6 +50,15 @@ pub enum Rejection {
     Overload,
     /// The supervised process is starting or restarting. 503.
     Starting,
+    /// The supervisor gave up on the process; an operator must act. 503.
+    NeedsIntervention,
+    /// The client's request body was malformed. 400.
+    BadRequestBody,
+    /// The client went away (or cut its body short) before an answer. 499,
+    /// which only the log sees.
+    ClientGone,
+    /// breakwater failed while serving the request (a caught panic). 500.
+    Internal,
 }
 
 /// Why the route stack produced no upstream response.
@@ -51,12 +66,12 @@ pub enum Rejection {
 pub enum StackError {
     /// A policy refused the request before the upstream was tried.
     Rejected(Rejection),
-    /// The upstream was tried and failed.
-    Upstream(UpstreamError),
+    /// The exchange with the upstream failed.
+    Upstream(CallError),
 }
 
-impl From<UpstreamError> for StackError {
-    fn from(error: UpstreamError) -> Self {
+impl From<CallError> for StackError {
+    fn from(error: CallError) -> Self {
         StackError::Upstream(error)
     }
 }
@@ -68,7 +83,7 @@ impl From<Rejection> for StackError {
 }
 
 impl StackError {
-    /// The response-level rejection for this error.
+    /// The reply-level rejection for this error.
     pub fn rejection(self) -> Rejection {
         match self {
             StackError::Rejected(rejection) => rejection,
@@ -76,6 +91,37 @@ impl StackError {
         }
     }
 }
+
+impl From<CallError> for Rejection {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Connect | CallError::ConnectTimeout => Rejection::UpstreamUnavailable,
+            CallError::Timeout => Rejection::Timeout,
+            CallError::Reset => Rejection::UpstreamReset,
+            CallError::ClientGone => Rejection::ClientGone,
+            CallError::ClientMalformed => Rejection::BadRequestBody,
+        }
+    }
+}
+
+/// What breakwater's reply depends on, taken from the request before it
+/// goes down the stack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplyCx {
+    /// A HEAD request: the reply has headers only.
+    pub head: bool,
+}
+
+impl ReplyCx {
+    /// The context of `request`.
+    pub fn of<B>(request: &Request<B>) -> Self {
+        ReplyCx {
+            head: request.method() == Method::HEAD,
+        }
+    }
+}
+
+// === impl Rejection ===
 
 impl Rejection {
     /// Status code and `x-breakwater-reason` value.
@@ -90,17 +136,23 @@ impl Rejection {
             Rejection::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Rejection::Overload => (StatusCode::SERVICE_UNAVAILABLE, "overload"),
             Rejection::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
+            Rejection::NeedsIntervention => (StatusCode::SERVICE_UNAVAILABLE, "needs-intervention"),
+            Rejection::BadRequestBody => (StatusCode::BAD_REQUEST, "bad-request-body"),
+            Rejection::ClientGone => (client_closed_request(), "client-gone"),
+            Rejection::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 
     /// Whole seconds a client should wait before trying again, rounded up
-    /// so that a client that honours it never comes back too early.
+    /// so that a client that honours it never comes back too early; `None`
+    /// when there is no honest value.
     fn retry_after(self) -> Option<u64> {
         let seconds = |wait: Duration| wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         match self {
-            Rejection::RateLimited { retry_after } | Rejection::BreakerOpen { retry_after } => {
-                Some(seconds(retry_after).max(1))
-            }
+            Rejection::RateLimited { retry_after }
+            | Rejection::BreakerOpen {
+                retry_after: Some(retry_after),
+            } => Some(seconds(retry_after).max(1)),
             Rejection::Shed
             | Rejection::Overload
             | Rejection::Starting
@@ -108,62 +160,129 @@ impl Rejection {
             _ => None,
         }
     }
-
-    /// The response sent downstream.
-    pub fn into_response(self) -> Response<Body> {
-        let (status, reason) = self.status_and_reason();
-        let body = format!(
-            "{{\"error\":\"{reason}\",\"status\":{}}}\n",
-            status.as_u16()
-        );
-        let mut response = Response::new(Body::full(body));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(REASON_HEADER, HeaderValue::from_static(reason));
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(seconds) = self.retry_after() {
-            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
-    }
 }
 
-impl From<UpstreamError> for Rejection {
-    fn from(error: UpstreamError) -> Self {
-        match error {
-            UpstreamError::Connect | UpstreamError::ConnectTimeout => {
-                Rejection::UpstreamUnavailable
-            }
-            UpstreamError::Timeout => Rejection::Timeout,
-            UpstreamError::Reset => Rejection::UpstreamReset,
-        }
+/// 499, nginx's "client closed request": logged, never sent.
+fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+/// The JSON body of every reply breakwater makes itself.
+fn error_body(status: u16, reason: &str) -> String {
+    format!("{{\"error\":\"{reason}\",\"status\":{status}}}\n")
+}
+
+/// breakwater's reply for `rejection` to a request with context `cx`.
+pub fn reply(rejection: Rejection, cx: ReplyCx) -> Response<Body> {
+    let (status, reason) = rejection.status_and_reason();
+    let body = error_body(status.as_u16(), reason);
+    let length = HeaderValue::from(body.len());
+    let mut response = Response::new(if cx.head {
+        Body::empty()
+    } else {
+        Body::full(body)
+    });
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(REASON_HEADER, HeaderValue::from_static(reason));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if cx.head {
+        headers.insert(CONTENT_LENGTH, length);
     }
+    if let Some(seconds) = rejection.retry_after() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// The complete bytes of an HTTP/1.1 refusal that closes the connection,
+/// for the framing guard, which answers before any HTTP parser has run.
+/// `reason` is a metric label (`bad_chunk`); the header says `bad-chunk`.
+pub fn http1_refusal(status: u16, reason: &str) -> String {
+    let phrase = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|status| status.canonical_reason())
+        .unwrap_or("Error");
+    let header_reason = reason.replace('_', "-");
+    let body = error_body(status, &header_reason);
+    format!(
+        "HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n{REASON_HEADER}: {header_reason}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+
     use super::*;
 
     #[test]
     fn retry_after_is_rounded_up_and_at_least_one_second() {
-        let open = Rejection::BreakerOpen {
-            retry_after: Duration::from_millis(4200),
-        }
-        .into_response();
+        let open = reply(
+            Rejection::BreakerOpen {
+                retry_after: Some(Duration::from_millis(4200)),
+            },
+            ReplyCx::default(),
+        );
         assert_eq!(open.status(), 503);
         assert_eq!(open.headers()[RETRY_AFTER], "5");
         assert_eq!(open.headers()[REASON_HEADER], "breaker-open");
-        let limited = Rejection::RateLimited {
-            retry_after: Duration::from_millis(3),
-        }
-        .into_response();
+        let limited = reply(
+            Rejection::RateLimited {
+                retry_after: Duration::from_millis(3),
+            },
+            ReplyCx::default(),
+        );
         assert_eq!(limited.status(), 429);
         assert_eq!(limited.headers()[RETRY_AFTER], "1");
-        assert_eq!(Rejection::Shed.into_response().headers()[RETRY_AFTER], "1");
-        assert!(Rejection::Timeout
-            .into_response()
+        assert_eq!(
+            reply(Rejection::Shed, ReplyCx::default()).headers()[RETRY_AFTER],
+            "1"
+        );
+        assert!(reply(Rejection::Timeout, ReplyCx::default())
             .headers()
             .get(RETRY_AFTER)
             .is_none());
+    }
+
+    #[test]
+    fn a_forced_open_breaker_promises_no_retry_time() {
+        let forced = reply(
+            Rejection::BreakerOpen { retry_after: None },
+            ReplyCx::default(),
+        );
+        assert_eq!(forced.status(), 503);
+        assert!(forced.headers().get(RETRY_AFTER).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_head_request_gets_headers_only() {
+        let response = reply(Rejection::Shed, ReplyCx { head: true });
+        let length: usize = response.headers()[CONTENT_LENGTH]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(length > 0);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_guards_refusals_carry_the_same_body() {
+        let raw = http1_refusal(400, "content_length_with_transfer_encoding");
+        assert!(raw.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+        assert!(raw.contains("x-breakwater-reason: content-length-with-transfer-encoding\r\n"));
+        assert!(raw.contains("connection: close\r\n"));
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert_eq!(
+            body,
+            error_body(400, "content-length-with-transfer-encoding")
+        );
+        let same = reply(Rejection::NoRoute, ReplyCx::default());
+        let bytes = same.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, error_body(404, "no-route"));
     }
 }

@@ -2,19 +2,18 @@
 //!
 //! [`handle`] is called by hyper for every request on a downstream
 //! connection. It loads the current snapshot once, routes, cleans headers,
-//! runs the route's tower stack (policies, timeout, forward), and turns the
-//! result into a response whose body reports back when it really ends —
-//! that is when the access-log line is written and the duration observed.
+//! runs the route's stack (whose top layer answers every refusal and
+//! failure itself), and hands the response body the access log, which is
+//! written — with the request's one classified outcome — when the body
+//! really ends. A panic anywhere in it is caught here and answered 500.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, HOST};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -24,86 +23,21 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use super::body::{Body, Completion, EndReason};
+use super::body::{Body, Completion};
 use super::headers::{self, Downstream, REQUEST_ID};
-use super::outcome::Outcome;
-use super::reject::{Rejection, StackError};
+use super::layers::rescue::rescue;
+use super::meta::{Conn, Flag};
+use super::outcome::{CallError, End, EndReason, Outcome};
+use super::reject::{self, Rejection, ReplyCx, StackError};
 use super::route::{self, RequestFacts};
 use crate::metrics::RouteMetrics;
-use crate::overload::Level;
-use crate::state::State;
-
-/// Per-connection context shared by the requests on it.
-pub struct ConnContext {
-    /// Process state.
-    pub state: Arc<State>,
-    /// Name of the listener that accepted the connection.
-    pub listener: Arc<str>,
-    /// Client address.
-    pub peer: SocketAddr,
-    /// `http` or `https`.
-    pub proto: &'static str,
-    /// Request activity, read by the idle-timeout watcher.
-    pub activity: Activity,
-    /// Set by the guard when it stopped framing this HTTP/1 connection
-    /// after an upgrade request: unless the upgrade happens, the
-    /// connection must close after the response.
-    pub framing_stopped: std::sync::atomic::AtomicBool,
-    /// Set when this HTTP/1 connection must end after the current
-    /// response: the client asked for it, breakwater answered
-    /// `connection: close`, or the connection is being upgraded. Such a
-    /// connection is never parked.
-    pub close_after: std::sync::atomic::AtomicBool,
-    /// Set while the connection loop parks an idle HTTP/1 connection: the
-    /// guard then keeps the socket open when hyper shuts its side down.
-    pub parking: std::sync::atomic::AtomicBool,
-}
-
-/// Counts requests on one connection so an idle one can be closed, and
-/// wakes the connection loop when the last one in flight ends.
-#[derive(Debug, Default)]
-pub struct Activity {
-    in_flight: AtomicUsize,
-    /// Bumped at every request start and end.
-    generation: AtomicU64,
-    quiet: tokio::sync::Notify,
-}
-
-impl Activity {
-    fn begin(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn end(&self) {
-        let before = self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Relaxed);
-        if before == 1 {
-            self.quiet.notify_one();
-        }
-    }
-
-    /// Resolves after the last request in flight ended (at once if that
-    /// happened since the previous call).
-    pub async fn quiet(&self) {
-        self.quiet.notified().await;
-    }
-
-    /// A token that changes whenever a request starts or ends, and whether
-    /// the connection has no request in flight.
-    pub fn observe(&self) -> (u64, bool) {
-        (
-            self.generation.load(Ordering::Relaxed),
-            self.in_flight.load(Ordering::Relaxed) == 0,
-        )
-    }
-}
+use crate::policy::overload::Level;
 
 /// Serves one downstream request. A panic anywhere in it is caught here:
 /// logged with the request id, counted, answered with a 500, and the
 /// connection and process keep serving.
 pub async fn handle(
-    context: Arc<ConnContext>,
+    conn: Arc<Conn>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let request_id =
@@ -114,8 +48,9 @@ pub async fn handle(
     let upgrade = headers::is_upgrade(request.headers());
     let http1_upgrade = http1 && upgrade;
     let client_closes = http1 && !headers::keeps_alive(request.version(), request.headers());
+    let reply = ReplyCx::of(&request);
     let served = CatchUnwind {
-        inner: serve(context.clone(), request, request_id.clone(), upgrade),
+        inner: serve(conn.clone(), request, request_id.clone(), upgrade, reply),
     }
     .await;
     let mut response = match served {
@@ -126,15 +61,9 @@ pub async fn handle(
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            context.state.metrics.panics_total.inc();
+            conn.plane.metrics.panics_total.inc();
             tracing::error!(request_id = request_id.to_str().unwrap_or(""), panic = %message, "Panic while serving a request; answered 500.");
-            let mut response =
-                Response::new(Body::full("{\"error\":\"internal\",\"status\":500}\n"));
-            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            response.headers_mut().insert(
-                super::reject::REASON_HEADER,
-                HeaderValue::from_static("internal"),
-            );
+            let mut response = reject::reply(Rejection::Internal, reply);
             response
                 .headers_mut()
                 .insert(REQUEST_ID.clone(), request_id);
@@ -143,8 +72,8 @@ pub async fn handle(
     };
     // Past the first overload watermark, HTTP/1 connections close after
     // each response so idle clients give their buffers back.
-    let stop_keep_alive = context.state.overload.level() >= Level::StopKeepAlive;
-    let unframed = http1_upgrade || context.framing_stopped.load(Ordering::Acquire);
+    let stop_keep_alive = conn.plane.overload.level() >= Level::StopKeepAlive;
+    let unframed = http1_upgrade || conn.flags.get(Flag::FramingStopped);
     let refused_upgrade = unframed && response.status() != StatusCode::SWITCHING_PROTOCOLS;
     if http1 && (stop_keep_alive || refused_upgrade) {
         response
@@ -152,64 +81,49 @@ pub async fn handle(
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     if http1 && (client_closes || stop_keep_alive || unframed) {
-        context.close_after.store(true, Ordering::Relaxed);
+        conn.flags.set(Flag::CloseAfter, true);
     }
     Ok(response)
 }
 
 async fn serve(
-    context: Arc<ConnContext>,
+    conn: Arc<Conn>,
     request: Request<Incoming>,
     request_id: HeaderValue,
     upgrade: bool,
+    reply: ReplyCx,
 ) -> Response<Body> {
     let start = Instant::now();
-    context.activity.begin();
-    context.state.in_flight.fetch_add(1, Ordering::Relaxed);
-    context.state.requests.fetch_add(1, Ordering::Relaxed);
-    let snapshot = context.state.snapshot();
+    let plane = &conn.plane;
+    conn.activity.begin();
+    plane.in_flight.fetch_add(1, Ordering::Relaxed);
+    plane.requests.fetch_add(1, Ordering::Relaxed);
+    let snapshot = plane.snapshot();
     let (mut parts, body) = request.into_parts();
-    let log = RequestLog {
-        context: context.clone(),
+    let mut log = RequestLog {
+        conn: conn.clone(),
         start,
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         request_id: request_id.clone(),
         metrics: snapshot.no_route_metrics.clone(),
         status: StatusCode::OK,
-        outcome: Outcome::Rejected,
-        upstream_seconds: None,
         done: false,
     };
-    if context.state.fault_panic_path.as_deref() == Some(parts.uri.path()) {
-        panic!("fault injection: BREAKWATER_FAULT_PANIC_PATH matched");
-    }
+    #[cfg(feature = "test-hooks")]
+    test_hooks::maybe_panic(parts.uri.path());
 
-    if context.state.overload.level() == Level::Shed {
-        return log.reject(Rejection::Overload);
-    }
-
-    let listener = snapshot.listener(&context.listener);
+    let listener = snapshot.listener(&conn.meta.listener);
     let chosen = listener.and_then(|listener| {
         let facts = RequestFacts::new(&parts.method, &parts.uri, &parts.headers);
         route::select(&listener.matchers, &facts).and_then(|index| listener.routes.get(index))
     });
     let (Some(listener), Some(route)) = (listener, chosen) else {
-        return log.reject(Rejection::NoRoute);
+        let mut response = reject::reply(Rejection::NoRoute, reply);
+        response.body_mut().classify(Outcome::Rejected, None);
+        return log.finish_with(response);
     };
-    let mut log = log;
     log.metrics = route.metrics.clone();
-    // While the supervised process (re)starts, its routes wait with 503
-    // starting — unless a backup can take the request.
-    if let Some(supervisor) = context.state.supervisor.get() {
-        let down = !supervisor.ready.load(std::sync::atomic::Ordering::Acquire);
-        if down
-            && supervisor.upstream == route.config.upstream
-            && !route.upstream.has_available_backup(start)
-        {
-            return log.reject(Rejection::Starting);
-        }
-    }
 
     // Headers: the upstream sees a clean, attributed request.
     let host = parts.headers.get(HOST).cloned().or_else(|| {
@@ -219,8 +133,8 @@ async fn serve(
             .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
     });
     let downstream = Downstream {
-        peer: context.peer.ip(),
-        proto: context.proto,
+        peer: conn.meta.peer.ip(),
+        proto: conn.meta.scheme,
         host: host.as_ref(),
         trust_forwarded: listener.trust_forwarded,
     };
@@ -235,26 +149,15 @@ async fn serve(
         None
     };
 
-    let sent_at = Instant::now();
-    let result = route
+    let served = route
         .stack
         .clone()
-        .oneshot(Request::from_parts(parts, Body::incoming(body)))
+        .oneshot(Request::from_parts(parts, Body::downstream(body)))
         .await;
-    let upstream_seconds = sent_at.elapsed().as_secs_f64();
-    log.upstream_seconds = Some(upstream_seconds);
-
-    let mut response = match result {
+    let mut response = match served {
         Ok(response) => response,
-        Err(error) => {
-            log.outcome = match error {
-                StackError::Upstream(error) => error.outcome(),
-                StackError::Rejected(_) => Outcome::Rejected,
-            };
-            return log.reject(error.rejection());
-        }
+        Err(never) => match never {},
     };
-    route.metrics.upstream_duration.observe(upstream_seconds);
     let status = response.status();
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
@@ -263,23 +166,36 @@ async fn serve(
             response.extensions_mut().remove::<OnUpgrade>(),
         ) {
             (Some(downstream), Some(upstream)) => {
-                tokio::spawn(tunnel(downstream, upstream, log.request_id.clone()));
+                tokio::spawn(tunnel(downstream, upstream, request_id));
             }
             _ => {
-                log.outcome = Outcome::Reset;
-                return log.reject(Rejection::UpstreamReset);
+                response = rescue(StackError::Upstream(CallError::Reset), reply);
             }
         }
     }
     headers::strip_hop_by_hop(response.headers_mut(), switching);
-    response
-        .headers_mut()
-        .insert(REQUEST_ID.clone(), request_id);
-    log.status = status;
-    log.outcome = route
-        .classifier
-        .response(status.as_u16(), Duration::from_secs_f64(upstream_seconds));
-    response.map(|body| body.with_completion(log.into_completion()))
+    log.finish_with(response)
+}
+
+#[cfg(feature = "test-hooks")]
+mod test_hooks {
+    //! Fault injection for the tests of panic isolation, compiled only
+    //! with the `test-hooks` feature: a request to exactly the path in
+    //! `BREAKWATER_FAULT_PANIC_PATH` panics. Never in a release build.
+
+    use std::sync::OnceLock;
+
+    pub fn maybe_panic(path: &str) {
+        static PATH: OnceLock<Option<String>> = OnceLock::new();
+        let hooked = PATH.get_or_init(|| {
+            std::env::var("BREAKWATER_FAULT_PANIC_PATH")
+                .ok()
+                .filter(|path| path.starts_with('/'))
+        });
+        if hooked.as_deref() == Some(path) {
+            panic!("fault injection: BREAKWATER_FAULT_PANIC_PATH matched");
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -322,15 +238,13 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, request_id: HeaderVa
 
 /// Everything the access log and metrics need once a response is over.
 struct RequestLog {
-    context: Arc<ConnContext>,
+    conn: Arc<Conn>,
     start: Instant,
     method: Method,
     uri: Uri,
     request_id: HeaderValue,
     metrics: Arc<RouteMetrics>,
     status: StatusCode,
-    outcome: Outcome,
-    upstream_seconds: Option<f64>,
     /// Set once finished, so a log dropped on any path (even a panic)
     /// still balances the in-flight counters exactly once.
     done: bool,
@@ -338,64 +252,76 @@ struct RequestLog {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
-        if !self.done {
-            // Dropped before any response existed: the request panicked
-            // (`handle` answers it with a 500), or the client went away.
-            if std::thread::panicking() {
-                self.status = StatusCode::INTERNAL_SERVER_ERROR;
-                self.outcome = Outcome::Rejected;
-            } else {
-                self.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
-                self.outcome = Outcome::Cancelled;
-            }
+        if self.done {
+            return;
         }
-        self.finish(EndReason::Dropped);
+        // Dropped before any response existed: the request panicked
+        // (`handle` answers it with a 500), or the client went away.
+        let outcome = if std::thread::panicking() {
+            self.status = StatusCode::INTERNAL_SERVER_ERROR;
+            Outcome::Rejected
+        } else {
+            self.status = Rejection::ClientGone.status_and_reason().0;
+            Outcome::Cancelled
+        };
+        self.finish(&End {
+            outcome,
+            reason: EndReason::Dropped,
+            upstream_elapsed: None,
+        });
     }
 }
 
 impl RequestLog {
-    /// breakwater's own answer for `rejection`, logged like any response.
-    fn reject(mut self, rejection: Rejection) -> Response<Body> {
-        let mut response = rejection.into_response();
+    /// Gives `response` the request id, and its body the log, to be
+    /// written when it ends.
+    fn finish_with(mut self, mut response: Response<Body>) -> Response<Body> {
+        self.status = response.status();
         response
             .headers_mut()
             .insert(REQUEST_ID.clone(), self.request_id.clone());
-        self.status = response.status();
-        response.map(|body| body.with_completion(self.into_completion()))
-    }
-
-    fn into_completion(self) -> Completion {
         let mut log = self;
-        Completion::new(move |reason| log.finish(reason))
+        response
+            .body_mut()
+            .complete_with(Completion::new(move |end| log.finish(end)));
+        response
     }
 
-    fn finish(&mut self, reason: EndReason) {
+    fn finish(&mut self, end: &End) {
         if self.done {
             return;
         }
         self.done = true;
         let seconds = self.start.elapsed().as_secs_f64();
-        let outcome = match (reason, self.outcome) {
-            (EndReason::Error, Outcome::Success | Outcome::Http5xx) => Outcome::Reset,
-            (_, outcome) => outcome,
-        };
-        self.metrics.requests(self.status, outcome.as_str()).inc();
+        self.metrics
+            .requests(self.status, end.outcome.as_str())
+            .inc();
         self.metrics.request_duration.observe(seconds);
+        if let Some(upstream) = end.upstream_elapsed {
+            self.metrics
+                .upstream_duration
+                .observe(upstream.as_secs_f64());
+        }
         tracing::info!(
             target: "breakwater::access",
-            listener = &*self.context.listener,
+            listener = &*self.conn.meta.listener,
             route = self.metrics.route.as_str(),
             method = self.method.as_str(),
             path = self.uri.path(),
             status = self.status.as_u16(),
-            outcome = outcome.as_str(),
-            duration_ms = seconds * 1e3,
-            upstream_ms = self.upstream_seconds.map(|s| s * 1e3),
-            client_closed = reason == EndReason::Dropped,
+            outcome = end.outcome.as_str(),
+            duration_ms = millis(seconds),
+            upstream_ms = end.upstream_elapsed.map(|d| millis(d.as_secs_f64())),
+            client_closed = end.reason == EndReason::Dropped,
             request_id = self.request_id.to_str().unwrap_or(""),
-            peer = %self.context.peer,
+            peer = %self.conn.meta.peer,
         );
-        self.context.activity.end();
-        self.context.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.conn.activity.end();
+        self.conn.plane.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Seconds as milliseconds with three decimals, for the log.
+fn millis(seconds: f64) -> f64 {
+    (seconds * 1e6).round() / 1e3
 }

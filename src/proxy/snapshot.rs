@@ -1,4 +1,5 @@
-//! A config snapshot compiled for the data plane.
+//! A config snapshot compiled for the data plane: per listener its routes,
+//! per route its stack of layers and the live state of its policies.
 //!
 //! A [`Snapshot`] is immutable. It is built on the side from a validated
 //! [`Config`] and published with one `ArcSwap` store; a request loads it
@@ -6,25 +7,37 @@
 //! rules under a request in flight.
 //!
 //! What a reload keeps: upstream pools whose config did not change (warm
-//! connections, endpoint health, ejections), and per route each policy
-//! whose settings did not change — breaker state, bulkhead slots in use,
+//! connections, endpoint health, ejections), every upstream's gate
+//! (readiness, failover: `gate.rs`), and per route each policy whose
+//! settings did not change — breaker state, bulkhead slots in use,
 //! rate-limit tokens, retry budget (SPEC §8.2).
+//!
+//! Building cannot half-succeed: a route naming an upstream the snapshot
+//! does not have, or settings a policy cannot be built from, fail the
+//! whole build (the config loader should have refused them first; this is
+//! the backstop), and the running snapshot keeps serving.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower::Layer;
+use tower::ServiceBuilder;
 
-use super::forward::UpstreamPool;
-use super::layers::{
-    BreakerLayer, BreakerService, BulkheadLayer, BulkheadService, RateLimit, RateLimitLayer,
-    RouteReport,
+use super::gate::Gates;
+use super::layers::admission::{
+    OverloadFlag, OverloadGate, OverloadLayer, ReadinessGate, ReadinessLayer,
 };
+use super::layers::breaker::{BreakerLayer, BreakerService};
+use super::layers::bulkhead::{BulkheadLayer, BulkheadService};
+use super::layers::rate_limit::{RateLimit, RateLimitLayer};
+use super::layers::rescue::{Rescue, RescueLayer};
+use super::layers::timeout::{RequestTimeout, TimeoutLayer};
 use super::outcome::Classifier;
+use super::report::RouteReport;
 use super::route::Matcher;
-use super::timeout::{RequestTimeout, RequestTimeoutLayer};
-use super::upstream::{CallPlan, RetryPlan, UpstreamCall};
+use super::upstream::balance::{Balance, UpstreamPool};
+use super::upstream::retry::{Retry, RetryLayer, RetryPlan};
 use crate::config::policy::{BreakerWindow, CircuitBreaker};
 use crate::config::{Config, Limits, Route};
 use crate::events::EventBus;
@@ -36,14 +49,42 @@ use crate::policy::rate_limit::RateLimiter;
 use crate::policy::retry_budget::RetryBudget;
 use crate::policy::window::WindowConfig;
 
-/// The tower stack every route runs, outermost first, in SPEC §3 order:
-/// rate limit → circuit breaker → bulkhead → request timeout → upstream
-/// call (per-try timeout, retries). Part 4's degradation gate goes
-/// between the rate limit and the breaker.
-pub type RouteStack = RateLimit<BreakerService<BulkheadService<RequestTimeout<UpstreamCall>>>>;
+/// The stack every route runs, outermost first, in SPEC §3 order:
+/// rescue (breakwater's own replies) → overload → readiness → rate limit
+/// → circuit breaker → bulkhead → request timeout → retries → one try.
+pub type RouteStack = Rescue<
+    OverloadGate<
+        ReadinessGate<RateLimit<BreakerService<BulkheadService<RequestTimeout<Retry<Balance>>>>>>,
+    >,
+>;
 
 /// How long the retry budget remembers requests.
 const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+/// What a snapshot is built with besides the config: where metrics and
+/// events go, and the process-wide state its stacks read.
+pub struct Wiring<'a> {
+    /// Metric families.
+    pub metrics: &'a Metrics,
+    /// The event bus.
+    pub events: &'a Arc<EventBus>,
+    /// Every upstream's gate.
+    pub gates: &'a Gates,
+    /// The overload ladder's level.
+    pub overload: &'a Arc<OverloadFlag>,
+}
+
+/// Why a snapshot could not be built: each problem as a sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotError(pub Vec<String>);
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+impl std::error::Error for SnapshotError {}
 
 /// One version of the running config.
 pub struct Snapshot {
@@ -81,12 +122,10 @@ pub struct RoutePlan {
     pub config: Route,
     /// Upstream pool it sends to.
     pub upstream: Arc<UpstreamPool>,
-    /// The policy stack.
+    /// The stack of layers.
     pub stack: RouteStack,
     /// Pre-resolved metric handles.
     pub metrics: Arc<RouteMetrics>,
-    /// How responses are classified (failure statuses, slow calls).
-    pub classifier: Arc<Classifier>,
     /// Where policy metrics and events go.
     pub report: Arc<RouteReport>,
     /// The breaker, unless `circuit_breaker: false`.
@@ -98,6 +137,8 @@ pub struct RoutePlan {
     retry_budget: Option<Arc<RetryBudget>>,
 }
 
+// === impl Snapshot ===
+
 impl Snapshot {
     /// Compiles `config`, reusing pools and policy state from `previous`
     /// where their settings are unchanged.
@@ -105,66 +146,76 @@ impl Snapshot {
         config: Config,
         version: u64,
         previous: Option<&Snapshot>,
-        metrics: &Metrics,
-        events: &Arc<EventBus>,
-    ) -> Snapshot {
+        wiring: &Wiring<'_>,
+    ) -> Result<Snapshot, SnapshotError> {
         let now = Instant::now();
-        let upstreams: Vec<Arc<UpstreamPool>> = config
-            .upstreams
-            .iter()
-            .map(|upstream| {
+        let mut problems = Vec::new();
+        let mut upstreams: Vec<Arc<UpstreamPool>> = Vec::with_capacity(config.upstreams.len());
+        for upstream in &config.upstreams {
+            let kept = previous.and_then(|previous| {
                 previous
-                    .and_then(|previous| {
-                        previous
-                            .upstreams
-                            .iter()
-                            .find(|pool| pool.config == *upstream)
-                    })
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        let pool = Arc::new(UpstreamPool::new(upstream));
-                        super::health::spawn(&pool, events);
-                        pool
-                    })
-            })
-            .collect();
-        let listeners = config
-            .listeners
-            .iter()
-            .map(|listener| {
-                let routes: Vec<RoutePlan> = listener
-                    .routes
+                    .upstreams
                     .iter()
-                    .filter_map(|route| {
-                        let position = config
-                            .upstreams
-                            .iter()
-                            .position(|u| u.name == route.upstream)?;
-                        let upstream = upstreams.get(position)?.clone();
-                        let old = previous.and_then(|previous| previous.route(&route.name));
-                        Some(RoutePlan::build(route, upstream, old, metrics, events, now))
-                    })
-                    .collect();
-                let matchers = routes
+                    .find(|pool| pool.config == *upstream)
+            });
+            match kept {
+                Some(pool) => upstreams.push(pool.clone()),
+                None => match UpstreamPool::new(
+                    upstream,
+                    wiring.gates.get(&upstream.name),
+                    wiring.events.clone(),
+                ) {
+                    Ok(pool) => {
+                        let pool = Arc::new(pool);
+                        super::upstream::health::spawn(&pool, wiring.events);
+                        upstreams.push(pool);
+                    }
+                    Err(problem) => problems.push(problem),
+                },
+            }
+        }
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for listener in &config.listeners {
+            let mut routes = Vec::with_capacity(listener.routes.len());
+            for route in &listener.routes {
+                let Some(upstream) = upstreams
                     .iter()
-                    .map(|route| Matcher::new(&route.config.matcher))
-                    .collect();
-                ListenerPlan {
-                    name: listener.name.clone(),
-                    trust_forwarded: listener.trust_forwarded,
-                    limits: listener.limits.clone(),
-                    routes,
-                    matchers,
+                    .find(|pool| pool.config.name == route.upstream)
+                else {
+                    problems.push(format!(
+                        "route {}: no upstream named {:?}",
+                        route.name, route.upstream
+                    ));
+                    continue;
+                };
+                let old = previous.and_then(|previous| previous.route(&route.name));
+                match RoutePlan::build(route, upstream.clone(), old, wiring, now) {
+                    Ok(plan) => routes.push(plan),
+                    Err(problem) => problems.push(problem),
                 }
-            })
-            .collect();
-        Snapshot {
+            }
+            let matchers = routes
+                .iter()
+                .map(|route| Matcher::new(&route.config.matcher))
+                .collect();
+            listeners.push(ListenerPlan {
+                name: listener.name.clone(),
+                trust_forwarded: listener.trust_forwarded,
+                limits: listener.limits.clone(),
+                routes,
+                matchers,
+            });
+        }
+        if !problems.is_empty() {
+            return Err(SnapshotError(problems));
+        }
+        Ok(Snapshot {
             version,
             config: Arc::new(config),
             listeners,
             upstreams,
-            no_route_metrics: Arc::new(metrics.route("")),
-        }
+            no_route_metrics: Arc::new(wiring.metrics.route("")),
+        })
     }
 
     /// The plan of the listener named `name`.
@@ -182,6 +233,11 @@ impl Snapshot {
         self.listeners
             .iter()
             .flat_map(|listener| listener.routes.iter())
+    }
+
+    /// The pool of the upstream named `name`.
+    pub fn upstream(&self, name: &str) -> Option<&Arc<UpstreamPool>> {
+        self.upstreams.iter().find(|pool| pool.config.name == name)
     }
 }
 
@@ -205,65 +261,64 @@ fn breaker_config(config: &CircuitBreaker) -> BreakerConfig {
     }
 }
 
+// === impl RoutePlan ===
+
 impl RoutePlan {
     fn build(
         route: &Route,
         upstream: Arc<UpstreamPool>,
         old: Option<&RoutePlan>,
-        metrics: &Metrics,
-        events: &Arc<EventBus>,
+        wiring: &Wiring<'_>,
         now: Instant,
-    ) -> RoutePlan {
-        let name: Arc<str> = Arc::from(route.name.as_str());
+    ) -> Result<RoutePlan, String> {
         // Each policy keeps its live state when its own settings are unchanged.
-        let same =
-            |pick: fn(&Route) -> String| old.is_some_and(|old| pick(&old.config) == pick(route));
         let breaker = route.circuit_breaker.on().map(|settings| {
-            match old
+            old.filter(|old| old.config.circuit_breaker == route.circuit_breaker)
                 .and_then(|old| old.breaker.clone())
-                .filter(|_| same(|r| format!("{:?}", r.circuit_breaker)))
-            {
-                Some(kept) => kept,
-                None => Arc::new(Breaker::new(breaker_config(settings), now)),
-            }
+                .unwrap_or_else(|| Arc::new(Breaker::new(breaker_config(settings), now)))
         });
         let bulkhead = route.bulkhead.on().map(|settings| {
-            match old
+            old.filter(|old| old.config.bulkhead == route.bulkhead)
                 .and_then(|old| old.bulkhead.clone())
-                .filter(|_| same(|r| format!("{:?}", r.bulkhead)))
-            {
-                Some(kept) => kept,
-                None => Arc::new(Bulkhead::new(
-                    settings.max_concurrent,
-                    settings.max_queue,
-                    settings.queue_timeout,
-                )),
-            }
+                .unwrap_or_else(|| {
+                    Arc::new(Bulkhead::new(
+                        settings.max_concurrent,
+                        settings.max_queue,
+                        settings.queue_timeout,
+                    ))
+                })
         });
         let rate_limiter = route.rate_limit.as_ref().map(|settings| {
-            match old
+            old.filter(|old| old.config.rate_limit == route.rate_limit)
                 .and_then(|old| old.rate_limiter.clone())
-                .filter(|_| same(|r| format!("{:?}", r.rate_limit)))
-            {
-                Some(kept) => kept,
-                None => Arc::new(RateLimiter::new(settings.rps, settings.burst, now)),
-            }
+                .unwrap_or_else(|| Arc::new(RateLimiter::new(settings.rps, settings.burst, now)))
         });
         let retry = &route.retry;
         let retry_budget = (retry.attempts > 1).then(|| {
-            match old
+            old.filter(|old| old.config.retry.budget == retry.budget)
                 .and_then(|old| old.retry_budget.clone())
-                .filter(|_| same(|r| format!("{:?}", r.retry.budget)))
-            {
-                Some(kept) => kept,
-                None => Arc::new(RetryBudget::new(
-                    retry.budget.ratio,
-                    retry.budget.min_per_sec,
-                    RETRY_BUDGET_WINDOW,
-                    now,
-                )),
-            }
+                .unwrap_or_else(|| {
+                    Arc::new(RetryBudget::new(
+                        retry.budget.ratio,
+                        retry.budget.min_per_sec,
+                        RETRY_BUDGET_WINDOW,
+                        now,
+                    ))
+                })
         });
+        let retry_plan = match &retry_budget {
+            None => None,
+            Some(budget) => {
+                let backoff = Backoff::try_new(retry.backoff.base, retry.backoff.max)
+                    .map_err(|error| format!("route {}: retry.backoff: {error}", route.name))?;
+                Some(Arc::new(RetryPlan {
+                    attempts: retry.attempts,
+                    retry_on: retry.retry_on.clone(),
+                    budget: budget.clone(),
+                    backoff,
+                }))
+            }
+        };
 
         let defaults = CircuitBreaker::default();
         let breaker_settings = route.circuit_breaker.on().unwrap_or(&defaults);
@@ -271,42 +326,36 @@ impl RoutePlan {
             failure_statuses: breaker_settings.failure_statuses.clone(),
             slow_call_duration: breaker_settings.slow_call_duration,
         });
-        let report = Arc::new(metrics.route_report(&route.name, events.clone()));
-        let retry_plan = retry_budget.clone().and_then(|budget| {
-            Some(RetryPlan {
-                attempts: retry.attempts,
-                retry_on: retry.retry_on.clone(),
-                budget,
-                backoff: Backoff::try_new(retry.backoff.base, retry.backoff.max).ok()?,
-            })
-        });
-        let plan = Arc::new(CallPlan {
-            per_try: route.timeouts.per_try,
-            retry: retry_plan,
-            classifier: classifier.clone(),
-            report: report.clone(),
-        });
-        let call = UpstreamCall::new(upstream.clone(), plan);
-        let timed = RequestTimeoutLayer::new(route.timeouts.request).layer(call);
-        let bulkheaded = BulkheadLayer::new(bulkhead.clone(), report.clone()).layer(timed);
-        let broken = BreakerLayer::new(
-            breaker.clone().map(|b| (b, classifier.clone())),
-            report.clone(),
-        )
-        .layer(bulkheaded);
-        let stack = RateLimitLayer::new(rate_limiter.clone(), report.clone()).layer(broken);
-        RoutePlan {
-            name,
+        let report = Arc::new(RouteReport::new(
+            wiring.metrics,
+            &route.name,
+            wiring.events.clone(),
+        ));
+        let stack = ServiceBuilder::new()
+            .layer(RescueLayer)
+            .layer(OverloadLayer::new(wiring.overload.clone()))
+            .layer(ReadinessLayer::new(upstream.clone()))
+            .layer(RateLimitLayer::new(rate_limiter.clone(), report.clone()))
+            .layer(BreakerLayer::new(breaker.clone(), report.clone()))
+            .layer(BulkheadLayer::new(bulkhead.clone(), report.clone()))
+            .layer(TimeoutLayer::new(route.timeouts.request))
+            .layer(RetryLayer::new(retry_plan, report.clone()))
+            .service(Balance::new(
+                upstream.clone(),
+                classifier,
+                route.timeouts.per_try,
+            ));
+        Ok(RoutePlan {
+            name: Arc::from(route.name.as_str()),
             config: route.clone(),
             upstream,
             stack,
-            metrics: Arc::new(metrics.route(&route.name)),
-            classifier,
+            metrics: Arc::new(wiring.metrics.route(&route.name)),
             report,
             breaker,
             bulkhead,
             rate_limiter,
             retry_budget,
-        }
+        })
     }
 }

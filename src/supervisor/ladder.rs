@@ -122,21 +122,37 @@ impl Ladder {
         self.in_progress = false;
     }
 
-    /// The upstream is healthy at `now`; after `stable_for` the ladder resets.
-    /// Returns true when it just reset.
+    /// The upstream is healthy at `now`; after `stable_for` the ladder
+    /// resets — escalation included: an upstream that has been healthy
+    /// that long no longer needs a human, and its next failure must be
+    /// acted on again. Returns true when it just reset.
     pub fn on_healthy(&mut self, now: Instant) -> bool {
         let since = *self.healthy_since.get_or_insert(now);
-        let climbed = self.rung > 0 || self.attempts_on_rung > 0;
+        let climbed = self.rung > 0 || self.attempts_on_rung > 0 || self.escalated;
         if climbed
             && !self.in_progress
-            && !self.escalated
             && now.saturating_duration_since(since) >= self.config.stable_for
         {
-            self.rung = 0;
-            self.attempts_on_rung = 0;
+            self.reset();
             return true;
         }
         false
+    }
+
+    /// Back to the first rung, escalation cleared: an operator restarted
+    /// the upstream, saying the cause is dealt with.
+    pub fn reset(&mut self) {
+        self.rung = 0;
+        self.attempts_on_rung = 0;
+        self.last_attempt = None;
+        self.in_progress = false;
+        self.healthy_since = None;
+        self.escalated = false;
+    }
+
+    /// New settings from a reload; where the ladder stands is kept.
+    pub fn reconfigure(&mut self, config: LadderConfig) {
+        self.config = config;
     }
 }
 
@@ -209,6 +225,34 @@ mod tests {
             ladder.on_trigger(t + Duration::from_secs(90)),
             Some(Action::Restart),
             "back at the first rung"
+        );
+    }
+
+    #[test]
+    fn escalation_clears_after_a_stable_period_and_on_an_operator_reset() {
+        let mut ladder = Ladder::new(LadderConfig {
+            ladder: vec![Action::Escalate],
+            max_attempts: 1,
+            cooldown: Duration::from_secs(10),
+            stable_for: Duration::from_secs(60),
+        });
+        let t = Instant::now();
+        assert_eq!(ladder.on_trigger(t), Some(Action::Escalate));
+        assert!(ladder.escalated());
+        assert!(!ladder.on_healthy(t + Duration::from_secs(30)));
+        assert!(ladder.on_healthy(t + Duration::from_secs(91)));
+        assert!(!ladder.escalated());
+        assert_eq!(
+            ladder.on_trigger(t + Duration::from_secs(100)),
+            Some(Action::Escalate),
+            "a later failure is acted on again"
+        );
+        ladder.reset();
+        assert!(!ladder.escalated());
+        assert_eq!(
+            ladder.on_trigger(t + Duration::from_secs(101)),
+            Some(Action::Escalate),
+            "an operator's reset clears the cooldown too"
         );
     }
 

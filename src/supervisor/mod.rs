@@ -1,35 +1,46 @@
-//! The embedded supervisor (SPEC §5): runs the upstream's process, gates
-//! traffic until it is ready, restarts it when it exits, and stops it last
-//! on shutdown.
+//! The embedded supervisor (SPEC §5): runs the upstream's process, tells
+//! the data plane when it is ready, restarts it when it exits or fails,
+//! climbs the recovery ladder on sustained failure, and stops it last on
+//! shutdown.
 //!
-//! [`restart`] decides (pure: policy, backoff, crash loop); [`process`]
-//! acts (spawn, signals, output). [`Supervisor::spawn`] is the task that
-//! joins them: spawn → wait until the upstream answers (readiness gates
-//! traffic with 503 `starting`) → wait for exit or stop → decide → back
-//! off → respawn, or escalate on a crash loop. Its [`Status`] is shown at
-//! `/status`. Recovery ladders, failover and the other triggers of SPEC
-//! §5.2–5.4 build on this in a later part.
+//! [`restart`] and [`ladder`] decide (pure: policy, backoff, crash loop;
+//! which rung next); [`process`] acts (spawn, signals, output). A
+//! [`Supervisor`] is the handle to one task that joins them:
+//!
+//! ```text
+//! spawn ─▶ wait until it accepts connections (startup_timeout → a trigger)
+//!   ─▶ watch: exit, operator, config, log patterns, triggers every 250 ms
+//!   ─▶ exit: back off and respawn, or halt (crash loop, restart: never)
+//!   ─▶ halted: wait for an operator's restart or a changed process spec
+//! ```
+//!
+//! The task tells the data plane what it needs through the upstream's
+//! [`UpstreamGate`] — readiness (`starting`, `needs_intervention`) and
+//! failover — and never the other way round: traffic never waits on the
+//! supervisor. It reads the live snapshot for the triggers that watch
+//! traffic (breakers, endpoint health) and follows its own config section
+//! on reload ([`Supervisor::reconfigure`]): new settings apply at once, a
+//! changed process spec restarts the child with it. [`Supervisors`] holds
+//! the running one for the admin port and the reload path.
 
 pub mod ladder;
 pub mod process;
 pub mod restart;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-
-use tokio::sync::mpsc;
 
 use std::collections::VecDeque;
 
-use crate::config::{Config, Failback, Process, Recovery, Triggers};
+use crate::config::{Config, Process};
 use crate::events::Severity;
 use crate::policy::breaker::BreakerState;
-use crate::state::State;
+use crate::proxy::gate::{Readiness, UpstreamGate};
+use crate::proxy::DataPlane;
 use ladder::{Action, Ladder, LadderConfig};
 use process::LogWatch;
 use process::{ProcessSpec, Running};
@@ -38,14 +49,19 @@ use restart::{Decision, Exit, RestartPolicy, RestartSettings, RestartTracker};
 /// What the supervisor is doing, for `/status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
-    /// `starting`, `running`, `backoff`, `stopped`, `needs_intervention`.
+    /// `starting`, `running`, `backoff`, `exited`, `stopped`,
+    /// `needs_intervention`.
     pub state: &'static str,
+    /// What runs: the command's file name and its arguments.
+    pub command: String,
     /// The child's pid while it runs.
     pub pid: Option<u32>,
     /// Restarts since breakwater started.
     pub restarts: u64,
     /// How the last run ended, e.g. `exit 1` or `signal 9`.
     pub last_exit: Option<String>,
+    /// Why the supervisor stopped acting, while it waits for an operator.
+    pub halted_because: Option<String>,
     /// Seconds the current process has been up.
     pub uptime_seconds: Option<f64>,
     /// Seconds until the next start, while backing off.
@@ -54,15 +70,17 @@ pub struct Status {
     pub recovery_attempts: u64,
     /// The last rung the recovery ladder used.
     pub ladder_rung: Option<Action>,
+    /// Whether the ladder escalated and has not been reset since.
+    pub escalated: bool,
     /// Whether the ladder (not an operator) failed the upstream over.
     pub failed_over_by_ladder: bool,
     /// Mean time from the process going down to serving again.
     pub mttr_seconds: Option<f64>,
-    /// Share of the time since supervision began that it was serving
-    /// (the first start counts as down until ready).
+    /// Share of the time since the process first served that it was
+    /// serving. The first start is not an outage.
     pub availability: Option<f64>,
     #[serde(skip)]
-    supervising_since: Instant,
+    serving_since_first: Option<Instant>,
     #[serde(skip)]
     down_since: Option<Instant>,
     #[serde(skip)]
@@ -72,107 +90,112 @@ pub struct Status {
     #[serde(skip)]
     recovery_time: Duration,
     #[serde(skip)]
-    served_once: bool,
-    #[serde(skip)]
     started_at: Option<Instant>,
     #[serde(skip)]
     next_start_at: Option<Instant>,
 }
 
 impl Status {
-    fn new() -> Self {
+    fn new(command: String) -> Self {
         Status {
             state: "starting",
+            command,
             pid: None,
             restarts: 0,
             last_exit: None,
+            halted_because: None,
             uptime_seconds: None,
             next_start_in_seconds: None,
             recovery_attempts: 0,
             ladder_rung: None,
+            escalated: false,
             failed_over_by_ladder: false,
             mttr_seconds: None,
             availability: None,
-            supervising_since: Instant::now(),
-            down_since: Some(Instant::now()),
+            serving_since_first: None,
+            down_since: None,
             downtime: Duration::ZERO,
             recoveries: 0,
             recovery_time: Duration::ZERO,
-            served_once: false,
             started_at: None,
             next_start_at: None,
         }
     }
 }
 
-/// Handle to the supervisor task.
+/// What an operator or a reload asks of the task.
+enum Command {
+    /// Stop the child now and start it again, forgetting the crash loop.
+    Restart,
+    /// Follow a new config section.
+    Reconfigure(Box<Settings>),
+    /// Stop the child and end.
+    Stop,
+}
+
+/// The parts of the config the task follows.
+#[derive(Debug, Clone, PartialEq)]
+struct Settings {
+    process: Process,
+    section: crate::config::Supervisor,
+    /// Where the readiness probe connects: the upstream's first endpoint.
+    probe_address: String,
+}
+
+/// Handle to the supervisor task of one upstream.
 pub struct Supervisor {
     /// The upstream whose primary endpoints this process serves.
     pub upstream: String,
+    gate: Arc<UpstreamGate>,
     status: Mutex<Status>,
-    /// True while the child is up and has answered its readiness probe.
-    pub ready: AtomicBool,
-    stop: watch::Sender<bool>,
-    restart: watch::Sender<u64>,
-    done: watch::Sender<bool>,
+    commands: mpsc::UnboundedSender<Command>,
+    done: watch::Receiver<bool>,
 }
+
+// === impl Supervisor ===
 
 impl Supervisor {
     /// Starts supervising `config.supervisor.process`, if there is one.
-    pub fn spawn(state: &Arc<State>, config: &Config) -> Option<Arc<Supervisor>> {
-        let process = config.supervisor.process.clone()?;
-        let upstream_name = config
-            .supervisor
-            .upstream
-            .clone()
-            .or_else(|| config.upstreams.first().map(|u| u.name.clone()))?;
-        let probe_address = config.upstream(&upstream_name)?.endpoints.first()?.clone();
-        let (stop, _) = watch::channel(false);
-        let (done, _) = watch::channel(false);
-        let (restart, _) = watch::channel(0);
+    pub fn spawn(plane: &Arc<DataPlane>, config: &Config) -> Option<Arc<Supervisor>> {
+        let settings = settings_of(config)?;
+        let upstream = upstream_of(config)?;
+        let gate = plane.gates.get(&upstream);
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let (done_tx, done) = watch::channel(false);
         let supervisor = Arc::new(Supervisor {
-            upstream: upstream_name.clone(),
-            status: Mutex::new(Status::new()),
-            ready: AtomicBool::new(false),
-            stop,
-            restart,
+            upstream: upstream.clone(),
+            gate,
+            status: Mutex::new(Status::new(describe_command(&settings.process))),
+            commands,
             done,
         });
         let task = Task {
             supervisor: supervisor.clone(),
-            state: state.clone(),
-            process,
-            name: upstream_name,
-            probe_address,
-            startup_timeout: config.supervisor.startup_timeout,
-            triggers: config.supervisor.triggers.clone(),
-            recovery: config.supervisor.recovery.clone(),
-            failback: config.supervisor.failback.clone(),
+            plane: plane.clone(),
+            name: upstream,
+            settings,
+            commands: receiver,
         };
-        tokio::spawn(task.run());
+        tokio::spawn(async move {
+            task.run().await;
+            done_tx.send_replace(true);
+        });
         Some(supervisor)
     }
 
     /// The current status, with live durations.
     pub fn status(&self) -> Status {
-        let mut status = self
-            .status
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        let mut status = self.lock().clone();
         let now = Instant::now();
-        let current_outage = status
-            .down_since
-            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
-        let observed = now
-            .saturating_duration_since(status.supervising_since)
-            .as_secs_f64();
-        let down = (status.downtime + current_outage).as_secs_f64();
-        status.availability = if observed > 0.0 {
-            Some(((observed - down) / observed).clamp(0.0, 1.0))
-        } else {
-            None
-        };
+        if let Some(since) = status.serving_since_first {
+            let current_outage = status
+                .down_since
+                .map_or(Duration::ZERO, |down| now.saturating_duration_since(down));
+            let observed = now.saturating_duration_since(since).as_secs_f64();
+            let down = (status.downtime + current_outage).as_secs_f64();
+            status.availability =
+                (observed > 0.0).then(|| ((observed - down) / observed).clamp(0.0, 1.0));
+        }
         status.mttr_seconds = (status.recoveries > 0)
             .then(|| status.recovery_time.as_secs_f64() / status.recoveries as f64);
         status.uptime_seconds = status
@@ -184,177 +207,308 @@ impl Supervisor {
         status
     }
 
+    /// Readiness of the supervised process, as the data plane sees it.
+    pub fn readiness(&self) -> Readiness {
+        self.gate.readiness()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn update(&self, change: impl FnOnce(&mut Status)) {
-        let mut status = self
-            .status
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        change(&mut status);
+        change(&mut self.lock());
     }
 
-    /// Asks for the child to be stopped and started again now (an
-    /// operator's restart; no backoff).
+    /// An operator's restart: stop the child and start it again now (no
+    /// backoff), with the crash-loop history and the ladder reset — also
+    /// when the supervisor had stopped trying.
     pub fn restart(&self) {
-        self.restart.send_modify(|n| *n += 1);
+        let _ = self.commands.send(Command::Restart);
     }
 
-    /// Marks the process ready or not, and tells the upstream's pool, so
-    /// traffic goes to backups (if any) while it is down.
-    fn set_ready(&self, state: &State, ready: bool) {
-        let was_ready = self.ready.swap(ready, Ordering::AcqRel);
-        let now = Instant::now();
-        state
-            .metrics
-            .upstream_up
-            .with_label_values(&[&self.upstream])
-            .set(i64::from(ready));
-        self.update(|status| match (was_ready, ready) {
-            (true, false) => status.down_since = Some(now),
-            (false, true) => {
-                // A recovery: time from going down to serving again.
-                if let Some(since) = status.down_since.take() {
-                    let outage = now.saturating_duration_since(since);
-                    status.downtime += outage;
-                    // The first start is not a recovery.
-                    if status.served_once {
-                        status.recoveries += 1;
-                        status.recovery_time += outage;
-                    }
-                }
-                status.served_once = true;
-            }
-            _ => {}
-        });
-        let snapshot = state.snapshot();
-        if let Some(pool) = snapshot
-            .upstreams
-            .iter()
-            .find(|pool| pool.config.name == self.upstream)
-        {
-            pool.set_primary_down(!ready);
-        }
+    /// Follows `config`'s supervisor section (same upstream, still a
+    /// process): settings apply at once; a changed process spec (command,
+    /// args, env, cwd) restarts the child with it.
+    fn reconfigure(&self, settings: Settings) {
+        let _ = self.commands.send(Command::Reconfigure(Box::new(settings)));
     }
 
     /// Stops the child (stop signal, then SIGKILL after its grace) and
     /// waits until it is gone.
     pub async fn stop(&self) {
-        let mut done = self.done.subscribe();
-        self.stop.send_replace(true);
+        let _ = self.commands.send(Command::Stop);
+        let mut done = self.done.clone();
         let _ = done.wait_for(|done| *done).await;
     }
+
+    /// Marks the process ready or not for the data plane, and keeps the
+    /// outage books for MTTR and availability.
+    fn set_readiness(&self, plane: &DataPlane, readiness: Readiness) {
+        // The books first, then the gate: whoever sees traffic flow again
+        // also sees the recovery counted.
+        let was = self.gate.readiness();
+        let now = Instant::now();
+        plane
+            .metrics
+            .upstream_up
+            .with_label_values(&[&self.upstream])
+            .set(i64::from(readiness == Readiness::Ready));
+        let (was_ready, ready) = (was == Readiness::Ready, readiness == Readiness::Ready);
+        self.update(|status| match (was_ready, ready) {
+            // Down before it ever served is the first start, not an outage.
+            (true, false) if status.serving_since_first.is_some() => status.down_since = Some(now),
+            (false, true) => match (status.serving_since_first, status.down_since.take()) {
+                (None, _) => status.serving_since_first = Some(now),
+                // A recovery: time from going down to serving again.
+                (Some(_), Some(since)) => {
+                    let outage = now.saturating_duration_since(since);
+                    status.downtime += outage;
+                    status.recoveries += 1;
+                    status.recovery_time += outage;
+                }
+                (Some(_), None) => {}
+            },
+            _ => {}
+        });
+        self.gate.set_readiness(readiness);
+    }
+}
+
+/// The supervised process of the running config, if any: what the admin
+/// port and the reload path reach it through.
+#[derive(Default)]
+pub struct Supervisors {
+    current: Mutex<Option<Arc<Supervisor>>>,
+}
+
+impl Supervisors {
+    /// Starts supervising `config`'s process, if it has one.
+    pub fn start(&self, plane: &Arc<DataPlane>, config: &Config) {
+        *self.slot() = Supervisor::spawn(plane, config);
+    }
+
+    /// The running supervisor, if any.
+    pub fn get(&self) -> Option<Arc<Supervisor>> {
+        self.slot().clone()
+    }
+
+    /// The supervisor of upstream `name`, if one serves it.
+    pub fn of_upstream(&self, name: &str) -> Option<Arc<Supervisor>> {
+        self.get().filter(|supervisor| supervisor.upstream == name)
+    }
+
+    /// Follows a reloaded config: the same upstream's supervisor takes the
+    /// new settings; a process added, removed or moved to another upstream
+    /// starts or stops one.
+    pub async fn apply(&self, plane: &Arc<DataPlane>, config: &Config) {
+        let current = self.get();
+        match (current, settings_of(config), upstream_of(config)) {
+            (Some(running), Some(settings), Some(upstream)) if running.upstream == upstream => {
+                running.reconfigure(settings);
+            }
+            (current, _, _) => {
+                if let Some(old) = current {
+                    old.stop().await;
+                    // Its upstream is no longer behind a supervised process.
+                    old.gate.set_readiness(Readiness::Ready);
+                }
+                self.start(plane, config);
+            }
+        }
+    }
+
+    /// Stops the running supervisor's child and waits for it.
+    pub async fn stop(&self) {
+        if let Some(supervisor) = self.get() {
+            supervisor.stop().await;
+        }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Supervisor>>> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn upstream_of(config: &Config) -> Option<String> {
+    config
+        .supervisor
+        .upstream
+        .clone()
+        .or_else(|| config.upstreams.first().map(|u| u.name.clone()))
+}
+
+fn settings_of(config: &Config) -> Option<Settings> {
+    let process = config.supervisor.process.clone()?;
+    let upstream = upstream_of(config)?;
+    let probe_address = config.upstream(&upstream)?.endpoints.first()?.clone();
+    Some(Settings {
+        process,
+        section: config.supervisor.clone(),
+        probe_address,
+    })
+}
+
+/// The command as people read it: its file name and arguments.
+fn describe_command(process: &Process) -> String {
+    let name = std::path::Path::new(&process.command)
+        .file_name()
+        .map_or_else(
+            || process.command.clone(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+    std::iter::once(name)
+        .chain(process.args.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn spec_of(process: &Process) -> ProcessSpec {
+    ProcessSpec {
+        command: process.command.clone(),
+        args: process.args.clone(),
+        env: process.env.clone(),
+        cwd: process.cwd.clone(),
+    }
+}
+
+fn restart_settings(process: &Process) -> RestartSettings {
+    RestartSettings {
+        policy: process.restart,
+        initial: process.backoff.initial,
+        max: process.backoff.max,
+        multiplier: process.backoff.multiplier,
+        jitter: process.backoff.jitter,
+        max_restarts: process.crash_loop.max_restarts,
+        window: process.crash_loop.window,
+    }
+}
+
+fn ladder_config(section: &crate::config::Supervisor) -> LadderConfig {
+    LadderConfig {
+        ladder: section.recovery.ladder.clone(),
+        max_attempts: section.recovery.max_attempts,
+        cooldown: section.recovery.cooldown,
+        stable_for: section.recovery.stable_for,
+    }
+}
+
+fn stop_signal(process: &Process) -> i32 {
+    process::parse_signal(&process.stop_signal).unwrap_or(libc::SIGTERM)
 }
 
 struct Task {
     supervisor: Arc<Supervisor>,
-    state: Arc<State>,
-    process: Process,
+    plane: Arc<DataPlane>,
     name: String,
-    probe_address: String,
-    startup_timeout: Duration,
-    triggers: Triggers,
-    recovery: Recovery,
-    failback: Failback,
+    settings: Settings,
+    commands: mpsc::UnboundedReceiver<Command>,
 }
 
-/// Samples of the pool's try counters, for the error-rate trigger.
+/// Samples of the gate's try counters, for the error-rate trigger.
 type TrySamples = VecDeque<(Instant, u64, u64)>;
 
 /// How one run of the process ended.
 enum Ended {
     /// It exited by itself.
     Exited(Exit),
-    /// It is to be restarted now (a trigger or an operator), for `reason`.
+    /// It is to be restarted now (a trigger, an operator, a new spec), for
+    /// `reason`.
     Restart(&'static str),
     /// breakwater is shutting down.
+    Stop,
+}
+
+/// What ends a halt.
+enum Resume {
+    Start,
     Stop,
 }
 
 /// How often the triggers are sampled while the process runs.
 const MONITOR_EVERY: Duration = Duration::from_millis(250);
 
+/// How often the readiness probe connects while the process starts.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+
+/// The task's decision state, kept across runs of the process.
+struct Memory {
+    tracker: RestartTracker,
+    ladder: Ladder,
+    log_matches: mpsc::Receiver<Action>,
+    log_watch: Option<LogWatch>,
+}
+
 impl Task {
-    async fn run(self) {
-        let spec = ProcessSpec {
-            command: self.process.command.clone(),
-            args: self.process.args.clone(),
-            env: self.process.env.clone(),
-            cwd: self.process.cwd.clone(),
+    async fn run(mut self) {
+        let (matches_tx, log_matches) = mpsc::channel(16);
+        let mut memory = Memory {
+            tracker: RestartTracker::new(restart_settings(&self.settings.process)),
+            ladder: Ladder::new(ladder_config(&self.settings.section)),
+            log_matches,
+            log_watch: None,
         };
-        let settings = RestartSettings {
-            policy: self.process.restart,
-            initial: self.process.backoff.initial,
-            max: self.process.backoff.max,
-            multiplier: self.process.backoff.multiplier,
-            jitter: self.process.backoff.jitter,
-            max_restarts: self.process.crash_loop.max_restarts,
-            window: self.process.crash_loop.window,
-        };
-        let stop_signal = process::parse_signal(&self.process.stop_signal).unwrap_or(libc::SIGTERM);
-        let mut tracker = RestartTracker::new(settings);
-        let mut ladder = Ladder::new(LadderConfig {
-            ladder: self.recovery.ladder.clone(),
-            max_attempts: self.recovery.max_attempts,
-            cooldown: self.recovery.cooldown,
-            stable_for: self.recovery.stable_for,
-        });
-        let patterns: Vec<(regex::Regex, Action)> = self
-            .process
-            .log_patterns
-            .iter()
-            .filter_map(|pattern| Some((pattern.regex()?.clone(), pattern.action)))
-            .collect();
-        let (matches_tx, mut matches) = mpsc::channel(16);
-        let watch = (!patterns.is_empty()).then(|| LogWatch {
-            patterns: Arc::new(patterns),
-            matches: matches_tx,
-        });
-        let mut control = Control {
-            stop: self.supervisor.stop.subscribe(),
-            restart: self.supervisor.restart.subscribe(),
-        };
-        let events = &self.state.events;
-        self.supervisor.set_ready(&self.state, false);
+        memory.log_watch = self.log_watch(&matches_tx);
+        self.supervisor
+            .set_readiness(&self.plane, Readiness::Starting);
         loop {
-            let mut running = match process::spawn(&spec, &self.name, watch.clone()) {
+            let spec = spec_of(&self.settings.process);
+            let mut running = match process::spawn(&spec, &self.name, memory.log_watch.clone()) {
                 Ok(running) => running,
                 Err(error) => {
-                    events.emit(
+                    let resolved = process::resolve(&spec).map_or_else(
+                        || "not found on PATH".to_owned(),
+                        |path| path.display().to_string(),
+                    );
+                    let why = format!("cannot start {} ({resolved}): {error}", spec.command);
+                    tracing::error!(process = %self.name, command = %spec.command, resolved = %resolved, %error, "Cannot start the supervised process.");
+                    self.plane.events.emit(
                         "process_start_failed",
                         &self.name,
                         Severity::Critical,
-                        &error.to_string(),
+                        &why,
                     );
-                    self.supervisor
-                        .update(|status| status.state = "needs_intervention");
-                    break;
+                    match self
+                        .halt("needs_intervention", why, &mut memory, &matches_tx)
+                        .await
+                    {
+                        Resume::Start => continue,
+                        Resume::Stop => break,
+                    }
                 }
             };
             let started = Instant::now();
             let pid = running.pid;
+            let command = describe_command(&self.settings.process);
             self.supervisor.update(|status| {
                 status.state = "starting";
+                status.command = command.clone();
                 status.pid = Some(pid);
                 status.started_at = Some(started);
                 status.next_start_at = None;
+                status.halted_because = None;
             });
-            events.emit(
+            self.plane.events.emit(
                 "process_start",
                 &self.name,
                 Severity::Info,
-                &format!("pid {pid}: {}", spec.command),
+                &format!("pid {pid}: {command}"),
             );
 
             let ended = self
-                .watch(&mut running, pid, &mut ladder, &mut matches, &mut control)
+                .watch(&mut running, pid, &mut memory, &matches_tx)
                 .await;
-            self.supervisor.set_ready(&self.state, false);
+            self.supervisor
+                .set_readiness(&self.plane, Readiness::Starting);
+            let signal = stop_signal(&self.settings.process);
+            let grace = self.settings.process.stop_grace;
             let exit = match ended {
                 Ended::Exited(exit) => exit,
                 Ended::Restart(reason) => {
-                    let exit = running.stop(stop_signal, self.process.stop_grace).await;
+                    let exit = running.stop(signal, grace).await;
                     self.record_end(exit);
                     self.count_restart(reason);
-                    events.emit(
+                    self.plane.events.emit(
                         "process_restart",
                         &self.name,
                         Severity::Warning,
@@ -363,10 +517,10 @@ impl Task {
                     continue;
                 }
                 Ended::Stop => {
-                    let exit = running.stop(stop_signal, self.process.stop_grace).await;
+                    let exit = running.stop(signal, grace).await;
                     self.record_end(exit);
                     self.supervisor.update(|status| status.state = "stopped");
-                    events.emit(
+                    self.plane.events.emit(
                         "process_stop",
                         &self.name,
                         Severity::Info,
@@ -376,9 +530,9 @@ impl Task {
                 }
             };
             let now = Instant::now();
-            let decision = tracker.on_exit(exit, started, now, rand::random());
+            let decision = memory.tracker.on_exit(exit, started, now, rand::random());
             self.record_end(exit);
-            match decision {
+            let why = match decision {
                 Decision::Restart { after } => {
                     let reason = if matches!(exit, Exit::Signal(_)) {
                         "signal"
@@ -386,97 +540,203 @@ impl Task {
                         "exit"
                     };
                     self.count_restart(reason);
-                    events.emit(
+                    self.plane.events.emit(
                         "process_exit",
                         &self.name,
                         Severity::Warning,
-                        &format!("pid {pid}: {}; restarting in {after:?}", describe(exit)),
+                        &format!(
+                            "pid {pid}: {}; restarting in {}",
+                            describe(exit),
+                            crate::units::format_duration(after)
+                        ),
                     );
                     self.supervisor.update(|status| {
                         status.state = "backoff";
                         status.next_start_at = Some(now + after);
                     });
-                    tokio::select! {
-                        _ = tokio::time::sleep(after) => {}
-                        _ = stopped(&mut control.stop) => {
-                            self.supervisor.update(|status| status.state = "stopped");
-                            break;
-                        }
+                    match self.back_off(after, &mut memory, &matches_tx).await {
+                        Resume::Start => continue,
+                        Resume::Stop => break,
                     }
                 }
                 Decision::Stop => {
-                    events.emit(
-                        "process_exit",
-                        &self.name,
-                        Severity::Warning,
-                        &format!(
-                            "pid {pid}: {}; not restarting (restart: {})",
-                            describe(exit),
-                            policy_name(self.process.restart)
-                        ),
+                    let why = format!(
+                        "pid {pid}: {}; not restarting (restart: {})",
+                        describe(exit),
+                        policy_name(self.settings.process.restart)
                     );
-                    self.supervisor.update(|status| status.state = "stopped");
-                    break;
+                    self.plane
+                        .events
+                        .emit("process_exit", &self.name, Severity::Warning, &why);
+                    (why, "stopped")
                 }
                 Decision::Escalate { restarts } => {
-                    events.emit(
-                        "escalation",
-                        &self.name,
-                        Severity::Critical,
-                        &format!(
-                            "crash loop: {restarts} restarts within {:?}; needs intervention",
-                            self.process.crash_loop.window
-                        ),
+                    let why = format!(
+                        "crash loop: {restarts} restarts within {}; needs intervention",
+                        crate::units::format_duration(self.settings.process.crash_loop.window)
                     );
-                    self.supervisor
-                        .update(|status| status.state = "needs_intervention");
-                    break;
+                    self.plane
+                        .events
+                        .emit("escalation", &self.name, Severity::Critical, &why);
+                    (why, "needs_intervention")
                 }
+            };
+            let (why, state) = why;
+            match self.halt(state, why, &mut memory, &matches_tx).await {
+                Resume::Start => continue,
+                Resume::Stop => break,
             }
         }
-        self.supervisor.done.send_replace(true);
     }
 
-    /// Waits for the process to accept connections (bounded by
-    /// `startup_timeout`), then watches it: its exit, operator requests, log
-    /// pattern matches, and the triggers sampled every [`MONITOR_EVERY`],
-    /// acting on the recovery ladder's decisions.
-    async fn watch(
-        &self,
-        running: &mut Running,
-        pid: u32,
-        ladder: &mut Ladder,
-        matches: &mut mpsc::Receiver<Action>,
-        control: &mut Control,
-    ) -> Ended {
-        let probe = async {
-            let deadline = Instant::now() + self.startup_timeout;
-            while Instant::now() < deadline {
-                if tokio::net::TcpStream::connect(&self.probe_address)
-                    .await
-                    .is_ok()
-                {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    fn log_watch(&self, matches: &mpsc::Sender<Action>) -> Option<LogWatch> {
+        let patterns: Vec<(regex::Regex, Action)> = self
+            .settings
+            .process
+            .log_patterns
+            .iter()
+            .filter_map(|pattern| Some((pattern.regex()?.clone(), pattern.action)))
+            .collect();
+        (!patterns.is_empty()).then(|| LogWatch {
+            patterns: Arc::new(patterns),
+            matches: matches.clone(),
+        })
+    }
+
+    /// Takes new settings. Returns whether the process spec changed (then
+    /// the child must be restarted with the new one).
+    fn reconfigure(
+        &mut self,
+        settings: Settings,
+        memory: &mut Memory,
+        matches: &mpsc::Sender<Action>,
+    ) -> bool {
+        let spec_changed = spec_of(&settings.process) != spec_of(&self.settings.process);
+        memory
+            .tracker
+            .reconfigure(restart_settings(&settings.process));
+        memory.ladder.reconfigure(ladder_config(&settings.section));
+        self.settings = settings;
+        memory.log_watch = self.log_watch(matches);
+        if spec_changed {
+            self.plane.events.emit(
+                "config_reload",
+                &self.name,
+                Severity::Info,
+                &format!(
+                    "new process spec: {}",
+                    describe_command(&self.settings.process)
+                ),
+            );
+        }
+        spec_changed
+    }
+
+    /// Waits out a restart backoff; an operator's restart or a new spec
+    /// starts the process at once.
+    async fn back_off(
+        &mut self,
+        after: Duration,
+        memory: &mut Memory,
+        matches: &mpsc::Sender<Action>,
+    ) -> Resume {
+        let wake = tokio::time::sleep(after);
+        tokio::pin!(wake);
+        loop {
+            tokio::select! {
+                _ = wake.as_mut() => return Resume::Start,
+                command = self.commands.recv() => match command {
+                    Some(Command::Restart) => {
+                        self.operator_reset(memory);
+                        return Resume::Start;
+                    }
+                    Some(Command::Reconfigure(settings)) => {
+                        if self.reconfigure(*settings, memory, matches) {
+                            return Resume::Start;
+                        }
+                    }
+                    Some(Command::Stop) | None => {
+                        self.supervisor.update(|status| status.state = "stopped");
+                        return Resume::Stop;
+                    }
+                },
             }
-            false
-        };
-        let events = &self.state.events;
-        tokio::select! {
-            exit = running.wait() => return Ended::Exited(exit),
-            _ = stopped(&mut control.stop) => return Ended::Stop,
-            _ = control.restart.changed() => return Ended::Restart("admin"),
-            ready = probe => {
-                if ready {
-                    self.supervisor.set_ready(&self.state, true);
-                    self.supervisor.update(|status| status.state = "running");
-                    events.emit("process_ready", &self.name, Severity::Info, &format!("pid {pid}"));
-                } else {
-                    events.emit("startup_timeout", &self.name, Severity::Warning, &format!("pid {pid} did not accept connections within {:?}", self.startup_timeout));
+        }
+    }
+
+    /// The supervisor has stopped trying: traffic gets `needs_intervention`
+    /// until an operator restarts the process or a reload changes its spec.
+    async fn halt(
+        &mut self,
+        state: &'static str,
+        why: String,
+        memory: &mut Memory,
+        matches: &mpsc::Sender<Action>,
+    ) -> Resume {
+        self.supervisor
+            .set_readiness(&self.plane, Readiness::NeedsIntervention);
+        self.supervisor.update(|status| {
+            status.state = state;
+            status.pid = None;
+            status.next_start_at = None;
+            status.halted_because = Some(why);
+        });
+        loop {
+            match self.commands.recv().await {
+                Some(Command::Restart) => {
+                    self.operator_reset(memory);
+                    self.supervisor
+                        .set_readiness(&self.plane, Readiness::Starting);
+                    return Resume::Start;
+                }
+                Some(Command::Reconfigure(settings)) => {
+                    if self.reconfigure(*settings, memory, matches) {
+                        self.supervisor
+                            .set_readiness(&self.plane, Readiness::Starting);
+                        return Resume::Start;
+                    }
+                }
+                Some(Command::Stop) | None => {
+                    self.supervisor.update(|status| status.state = "stopped");
+                    return Resume::Stop;
                 }
             }
         }
+    }
+
+    /// An operator restarted the process: the crash loop and the ladder
+    /// start over (the operator says the cause is dealt with).
+    fn operator_reset(&self, memory: &mut Memory) {
+        memory.tracker.reset();
+        memory.ladder.reset();
+        self.supervisor.update(|status| {
+            status.escalated = false;
+            status.halted_because = None;
+        });
+        self.count_restart("admin");
+        self.plane.events.emit(
+            "process_restart",
+            &self.name,
+            Severity::Warning,
+            "restart requested by an operator; crash-loop history and recovery ladder reset",
+        );
+    }
+
+    /// Waits for the process to accept connections (`startup_timeout`
+    /// expiring is a trigger for the ladder), then watches it: its exit,
+    /// commands, log pattern matches, and the triggers sampled every
+    /// [`MONITOR_EVERY`], acting on the recovery ladder's decisions.
+    async fn watch(
+        &mut self,
+        running: &mut Running,
+        pid: u32,
+        memory: &mut Memory,
+        matches: &mpsc::Sender<Action>,
+    ) -> Ended {
+        let started = Instant::now();
+        let mut ready = false;
+        let mut startup_timed_out = false;
+        let mut probe = tokio::time::interval(PROBE_EVERY);
         let mut ticks = tokio::time::interval(MONITOR_EVERY);
         let mut breaker_open_since: Option<Instant> = None;
         let mut healthy_since: Option<Instant> = None;
@@ -484,23 +744,73 @@ impl Task {
         loop {
             let (action, reason) = tokio::select! {
                 exit = running.wait() => return Ended::Exited(exit),
-                _ = stopped(&mut control.stop) => return Ended::Stop,
-                _ = control.restart.changed() => return Ended::Restart("admin"),
-                Some(action) = matches.recv() => (Some(action), "log_pattern"),
-                _ = ticks.tick() => {
+                command = self.commands.recv() => match command {
+                    Some(Command::Restart) => {
+                        self.operator_reset(memory);
+                        return Ended::Restart("admin");
+                    }
+                    Some(Command::Reconfigure(settings)) => {
+                        if self.reconfigure(*settings, memory, matches) {
+                            return Ended::Restart("config");
+                        }
+                        (None, "")
+                    }
+                    Some(Command::Stop) | None => return Ended::Stop,
+                },
+                Some(action) = memory.log_matches.recv() => (Some(action), "log_pattern"),
+                _ = probe.tick(), if !ready => {
+                    let address = &self.settings.probe_address;
+                    if tokio::net::TcpStream::connect(address).await.is_ok() {
+                        ready = true;
+                        self.supervisor.set_readiness(&self.plane, Readiness::Ready);
+                        self.supervisor.update(|status| status.state = "running");
+                        self.plane.events.emit("process_ready", &self.name, Severity::Info, &format!("pid {pid}"));
+                        (None, "")
+                    } else if !startup_timed_out
+                        && started.elapsed() >= self.settings.section.startup_timeout
+                    {
+                        startup_timed_out = true;
+                        self.plane.events.emit(
+                            "startup_timeout",
+                            &self.name,
+                            Severity::Warning,
+                            &format!(
+                                "pid {pid} did not accept connections within {}",
+                                crate::units::format_duration(self.settings.section.startup_timeout)
+                            ),
+                        );
+                        (memory.ladder.on_trigger(Instant::now()), "startup_timeout")
+                    } else {
+                        (None, "")
+                    }
+                }
+                _ = ticks.tick(), if ready => {
                     let now = Instant::now();
                     match self.trigger(pid, now, &mut breaker_open_since, &mut samples) {
                         Some(reason) => {
                             healthy_since = None;
-                            (ladder.on_trigger(now), reason)
+                            (memory.ladder.on_trigger(now), reason)
                         }
                         None => {
                             let since = *healthy_since.get_or_insert(now);
-                            if now.saturating_duration_since(since) >= self.failback.stable_for && self.failback_after_ladder() {
-                                events.emit("failback", &self.name, Severity::Info, &format!("primary healthy for {:?}", self.failback.stable_for));
+                            if now.saturating_duration_since(since) >= self.settings.section.failback.stable_for
+                                && self.failback_after_ladder()
+                            {
+                                self.plane.events.emit("failback", &self.name, Severity::Info, &format!(
+                                    "primary healthy for {}",
+                                    crate::units::format_duration(self.settings.section.failback.stable_for)
+                                ));
                             }
-                            if ladder.on_healthy(now) {
-                                events.emit("recovery_reset", &self.name, Severity::Info, &format!("healthy for {:?}", self.recovery.stable_for));
+                            if memory.ladder.on_healthy(now) {
+                                self.supervisor.update(|status| {
+                                    status.escalated = false;
+                                    status.halted_because = None;
+                                    status.state = "running";
+                                });
+                                self.plane.events.emit("recovery_reset", &self.name, Severity::Info, &format!(
+                                    "healthy for {}",
+                                    crate::units::format_duration(self.settings.section.recovery.stable_for)
+                                ));
                             }
                             (None, "")
                         }
@@ -508,54 +818,72 @@ impl Task {
                 }
             };
             let Some(action) = action else { continue };
-            self.supervisor.update(|status| {
-                status.recovery_attempts += 1;
-                status.ladder_rung = Some(action);
-            });
-            events.emit(
-                "recovery",
-                &self.name,
-                Severity::Warning,
-                &format!("{reason}: {}", action.as_str()),
-            );
-            let started = Instant::now();
-            let result = match action {
-                Action::Restart => {
-                    self.record_attempt(action, "started", started);
-                    ladder.on_done();
-                    return Ended::Restart(reason);
-                }
-                Action::Failover => match self.pool() {
-                    Some(pool) if !pool.backup().is_empty() => {
-                        pool.set_failed_over(true);
-                        self.supervisor
-                            .update(|status| status.failed_over_by_ladder = true);
-                        events.emit(
-                            "failover",
-                            &self.name,
-                            Severity::Warning,
-                            &format!("recovery ladder ({reason})"),
-                        );
-                        "ok"
-                    }
-                    _ => "no_backup",
-                },
-                Action::Exec => self.exec().await,
-                Action::Escalate => {
-                    events.emit(
-                        "escalation",
-                        &self.name,
-                        Severity::Critical,
-                        &format!("recovery ladder exhausted ({reason}); needs intervention"),
-                    );
-                    self.supervisor
-                        .update(|status| status.state = "needs_intervention");
-                    "escalated"
-                }
-            };
-            self.record_attempt(action, result, started);
-            ladder.on_done();
+            if let Some(ended) = self.act(action, reason, memory).await {
+                return ended;
+            }
         }
+    }
+
+    /// Takes one rung of the ladder; `Some` when the run ends with it.
+    async fn act(
+        &self,
+        action: Action,
+        reason: &'static str,
+        memory: &mut Memory,
+    ) -> Option<Ended> {
+        self.supervisor.update(|status| {
+            status.recovery_attempts += 1;
+            status.ladder_rung = Some(action);
+        });
+        self.plane.events.emit(
+            "recovery",
+            &self.name,
+            Severity::Warning,
+            &format!("{reason}: {}", action.as_str()),
+        );
+        let started = Instant::now();
+        let result = match action {
+            Action::Restart => {
+                self.record_attempt(action, "started", started);
+                memory.ladder.on_done();
+                return Some(Ended::Restart(reason));
+            }
+            Action::Failover => match self.plane.snapshot().upstream(&self.name) {
+                Some(pool) if !pool.backup().is_empty() => {
+                    self.supervisor.gate.set_failed_over(true);
+                    self.supervisor
+                        .update(|status| status.failed_over_by_ladder = true);
+                    self.plane.events.emit(
+                        "failover",
+                        &self.name,
+                        Severity::Warning,
+                        &format!("recovery ladder ({reason})"),
+                    );
+                    "ok"
+                }
+                _ => "no_backup",
+            },
+            Action::Exec => self.exec().await,
+            Action::Escalate => {
+                self.plane.events.emit(
+                    "escalation",
+                    &self.name,
+                    Severity::Critical,
+                    &format!("recovery ladder exhausted ({reason}); needs intervention"),
+                );
+                // The process keeps running (and serving what it can);
+                // the supervisor stops acting until the ladder resets.
+                self.supervisor.update(|status| {
+                    status.escalated = true;
+                    status.state = "needs_intervention";
+                    status.halted_because = Some(format!("recovery ladder exhausted ({reason})"));
+                });
+                "escalated"
+            }
+        };
+        self.record_attempt(action, result, started);
+        memory.ladder.on_done();
+        None
     }
 
     /// Notes that the current run ended with `exit`. The state leaves
@@ -572,7 +900,7 @@ impl Task {
 
     /// Counts one restart, for `/status` and the metric.
     fn count_restart(&self, reason: &str) {
-        self.state
+        self.plane
             .metrics
             .supervisor_restarts
             .with_label_values(&[reason])
@@ -581,7 +909,7 @@ impl Task {
     }
 
     fn record_attempt(&self, action: Action, result: &str, started: Instant) {
-        let metrics = &self.state.metrics;
+        let metrics = &self.plane.metrics;
         metrics
             .recovery_attempts
             .with_label_values(&[action.as_str(), result])
@@ -592,15 +920,6 @@ impl Task {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    fn pool(&self) -> Option<Arc<crate::proxy::forward::UpstreamPool>> {
-        self.state
-            .snapshot()
-            .upstreams
-            .iter()
-            .find(|pool| pool.config.name == self.name)
-            .cloned()
-    }
-
     /// Undoes a failover the ladder made, once the primary is stable.
     fn failback_after_ladder(&self) -> bool {
         let mut was = false;
@@ -608,12 +927,13 @@ impl Task {
             was = status.failed_over_by_ladder;
             status.failed_over_by_ladder = false;
         });
-        was && self.pool().is_some_and(|pool| pool.set_failed_over(false))
+        was && self.supervisor.gate.set_failed_over(false)
     }
 
     /// Runs `recovery.exec` with a bound of `cooldown` (at most 60s).
     async fn exec(&self) -> &'static str {
-        let Some((program, args)) = self.recovery.exec.split_first() else {
+        let recovery = &self.settings.section.recovery;
+        let Some((program, args)) = recovery.exec.split_first() else {
             return "no_command";
         };
         let mut command = tokio::process::Command::new(program);
@@ -621,8 +941,7 @@ impl Task {
             .args(args)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
-        let limit = self
-            .recovery
+        let limit = recovery
             .cooldown
             .min(Duration::from_secs(60))
             .max(Duration::from_secs(1));
@@ -642,27 +961,24 @@ impl Task {
         breaker_open_since: &mut Option<Instant>,
         samples: &mut TrySamples,
     ) -> Option<&'static str> {
-        if let Some(limit) = self.process.memory_limit {
-            if crate::overload::rss_of(&pid.to_string()).is_some_and(|rss| rss > limit.0) {
+        if let Some(limit) = self.settings.process.memory_limit {
+            if crate::sys::rss_of(&pid.to_string()).is_some_and(|rss| rss > limit.0) {
                 return Some("memory_limit");
             }
         }
-        let snapshot = self.state.snapshot();
-        let pool = snapshot
-            .upstreams
-            .iter()
-            .find(|pool| pool.config.name == self.name)?;
+        let snapshot = self.plane.snapshot();
+        let pool = snapshot.upstream(&self.name)?;
         if pool.config.health_check.is_some()
             && !pool.endpoints().is_empty()
             && pool
                 .endpoints()
                 .iter()
-                .all(|endpoint| !endpoint.healthy.load(Ordering::Relaxed))
+                .all(|endpoint| !endpoint.is_healthy())
         {
             return Some("health_check");
         }
-        if let Some(error_rate) = &self.triggers.error_rate {
-            let (tries, failed) = pool.try_counts();
+        if let Some(error_rate) = &self.settings.section.triggers.error_rate {
+            let (tries, failed) = self.supervisor.gate.try_counts();
             samples.push_back((now, tries, failed));
             // Keep one sample at or before the window's start as the baseline.
             while samples.len() > 2
@@ -697,7 +1013,8 @@ impl Task {
             (false, _) => *breaker_open_since = None,
             (true, None) => *breaker_open_since = Some(now),
             (true, Some(since))
-                if now.saturating_duration_since(since) >= self.triggers.breaker_open_for =>
+                if now.saturating_duration_since(since)
+                    >= self.settings.section.triggers.breaker_open_for =>
             {
                 *breaker_open_since = None;
                 return Some("breaker_open");
@@ -706,18 +1023,6 @@ impl Task {
         }
         None
     }
-}
-
-/// The supervisor's control channels.
-struct Control {
-    stop: watch::Receiver<bool>,
-    restart: watch::Receiver<u64>,
-}
-
-/// Resolves once a stop is requested (the watch guard is not held across
-/// an await, so the task stays `Send`).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 fn describe(exit: Exit) -> String {

@@ -103,6 +103,35 @@ pub fn spawn(spec: &ProcessSpec, name: &str, watch: Option<LogWatch>) -> std::io
     Ok(Running { child, pid })
 }
 
+/// Where `spec`'s command resolves to, as `exec` would find it: relative
+/// to `cwd` when it names a path, else the first executable file of that
+/// name on `PATH`. `None` when there is none (what a user must be told
+/// when a spawn fails).
+pub fn resolve(spec: &ProcessSpec) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &std::path::Path| {
+        path.metadata()
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    };
+    let command = std::path::Path::new(&spec.command);
+    if spec.command.contains('/') {
+        let path = match &spec.cwd {
+            Some(cwd) if command.is_relative() => std::path::Path::new(cwd).join(command),
+            _ => command.to_path_buf(),
+        };
+        return executable(&path).then_some(path);
+    }
+    let search = spec
+        .env
+        .iter()
+        .find(|(key, _)| key == "PATH")
+        .map(|(_, value)| std::ffi::OsString::from(value))
+        .or_else(|| std::env::var_os("PATH"))?;
+    std::env::split_paths(&search)
+        .map(|dir| dir.join(command))
+        .find(|path| executable(path))
+}
+
 /// Logs each line of `stream`, capped at [`MAX_LINE`] bytes.
 async fn forward_lines(
     stream: impl AsyncRead + Unpin,
@@ -219,6 +248,19 @@ pub fn parse_signal(text: &str) -> Result<i32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_resolve_like_exec() {
+        let spec = |command: &str| ProcessSpec {
+            command: command.into(),
+            args: vec![],
+            env: vec![],
+            cwd: None,
+        };
+        assert!(resolve(&spec("sh")).is_some_and(|path| path.is_absolute()));
+        assert_eq!(resolve(&spec("no-such-command-here")), None);
+        assert_eq!(resolve(&spec("./no/such/file")), None);
+    }
 
     #[test]
     fn signals_parse() {

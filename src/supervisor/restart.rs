@@ -141,6 +141,18 @@ impl RestartTracker {
     pub fn recent_restarts(&self) -> usize {
         self.restarts.len()
     }
+
+    /// Forgets the restart history: an operator restarted the process,
+    /// saying the cause of the crash loop is fixed.
+    pub fn reset(&mut self) {
+        self.restarts.clear();
+        self.consecutive = 0;
+    }
+
+    /// New settings from a reload; the history is kept.
+    pub fn reconfigure(&mut self, settings: RestartSettings) {
+        self.settings = settings;
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +207,27 @@ mod tests {
             tracker.on_exit(Exit::Code(1), later, later, 0.5),
             Decision::Restart { .. }
         ));
+    }
+
+    #[test]
+    fn an_operator_reset_forgets_the_crash_loop() {
+        let mut tracker = RestartTracker::new(settings(RestartPolicy::Always));
+        let start = Instant::now();
+        for i in 0..5 {
+            let _ = tracker.on_exit(Exit::Code(1), start, start + Duration::from_secs(i), 0.5);
+        }
+        let now = start + Duration::from_secs(5);
+        assert!(matches!(
+            tracker.on_exit(Exit::Code(1), start, now, 0.5),
+            Decision::Escalate { .. }
+        ));
+        tracker.reset();
+        assert_eq!(
+            tracker.on_exit(Exit::Code(1), now, now, 0.5),
+            Decision::Restart {
+                after: Duration::from_millis(100)
+            }
+        );
     }
 
     #[test]

@@ -142,6 +142,43 @@ fn the_last_endpoint_is_never_ejected() {
 }
 
 #[test]
+fn at_least_one_may_be_ejected_whatever_the_percentage() {
+    let t0 = Instant::now();
+    let config = OutlierConfig {
+        max_ejection_percent: 10,
+        ..OutlierConfig::default()
+    };
+    let detector = OutlierDetector::new(config, 3);
+    assert!(fail_times(&detector, 0, 5, t0).is_some());
+    assert_eq!(fail_times(&detector, 1, 5, t0), None);
+    let off = OutlierConfig {
+        max_ejection_percent: 0,
+        ..OutlierConfig::default()
+    };
+    assert_eq!(fail_times(&OutlierDetector::new(off, 3), 0, 5, t0), None);
+}
+
+#[test]
+fn with_backups_the_last_primary_may_go_but_the_percentage_holds() {
+    let t0 = Instant::now();
+    let single = OutlierDetector::with_spare(OutlierConfig::default(), 1, true);
+    assert!(fail_times(&single, 0, 5, t0).is_some());
+    assert!(!single.is_available(0, t0));
+
+    // Four primaries at 25%: one out at a time, backups or not.
+    let quarter = OutlierConfig {
+        max_ejection_percent: 25,
+        ..OutlierConfig::default()
+    };
+    let four = OutlierDetector::with_spare(quarter, 4, true);
+    assert!(fail_times(&four, 0, 5, t0).is_some());
+    for endpoint in 1..4 {
+        assert_eq!(fail_times(&four, endpoint, 5, t0), None);
+        assert!(four.is_available(endpoint, t0));
+    }
+}
+
+#[test]
 fn zero_consecutive_failures_turns_ejection_off() {
     let t0 = Instant::now();
     let config = OutlierConfig {
@@ -175,7 +212,8 @@ fn detector_is_send_and_sync() {
 
 proptest! {
     /// Whatever the traffic, at most `max_ejection_percent` of the
-    /// endpoints are out at once and at least one is available.
+    /// endpoints (but at least one) are out at once, and at least one is
+    /// available.
     #[test]
     fn ejections_respect_the_cap(
         n_endpoints in 1usize..8,
@@ -197,7 +235,9 @@ proptest! {
             detector.record(endpoint % n_endpoints, failure, now);
             let n_out = (0..n_endpoints).filter(|&i| !detector.is_available(i, now)).count();
             prop_assert_eq!(n_out, detector.n_ejected(now));
-            prop_assert!(n_out * 100 <= n_endpoints * percent as usize);
+            let floor = n_endpoints * percent as usize / 100;
+            let cap = if percent == 0 { 0 } else { floor.max(1) };
+            prop_assert!(n_out <= cap);
             prop_assert!(n_out < n_endpoints);
         }
     }

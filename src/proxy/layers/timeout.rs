@@ -1,6 +1,6 @@
 //! The request timeout as a tower layer (SPEC §3.3): no response headers
-//! within `timeouts.request` → [`UpstreamError::Timeout`] → 504. It wraps
-//! the upstream call, so it bounds all tries and backoffs together.
+//! within `timeouts.request` → [`CallError::Timeout`] → 504. It wraps
+//! the upstream side, so it bounds all tries and backoffs together.
 //!
 //! The deadline covers connecting too: a request never waits longer than
 //! its route allows, whatever the upstream does. When it fires the inner
@@ -15,23 +15,23 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
-use super::outcome::UpstreamError;
-use super::reject::StackError;
+use crate::proxy::outcome::CallError;
+use crate::proxy::reject::StackError;
 
 /// Applies a [`RequestTimeout`].
 #[derive(Debug, Clone, Copy)]
-pub struct RequestTimeoutLayer {
+pub struct TimeoutLayer {
     timeout: Duration,
 }
 
-impl RequestTimeoutLayer {
+impl TimeoutLayer {
     /// A layer that fails requests whose response takes longer than `timeout`.
     pub fn new(timeout: Duration) -> Self {
-        RequestTimeoutLayer { timeout }
+        TimeoutLayer { timeout }
     }
 }
 
-impl<S> Layer<S> for RequestTimeoutLayer {
+impl<S> Layer<S> for TimeoutLayer {
     type Service = RequestTimeout<S>;
     fn layer(&self, inner: S) -> Self::Service {
         RequestTimeout {
@@ -90,7 +90,7 @@ where
             return Poll::Ready(result);
         }
         match this.sleep.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(StackError::Upstream(UpstreamError::Timeout))),
+            Poll::Ready(()) => Poll::Ready(Err(StackError::Upstream(CallError::Timeout))),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -108,14 +108,14 @@ mod tests {
             tokio::time::sleep(delay).await;
             Ok::<_, StackError>("done")
         });
-        let service = RequestTimeoutLayer::new(Duration::from_secs(2)).layer(slow);
+        let service = TimeoutLayer::new(Duration::from_secs(2)).layer(slow);
         assert_eq!(
             service.clone().oneshot(Duration::from_secs(1)).await,
             Ok("done")
         );
         assert_eq!(
             service.oneshot(Duration::from_secs(3)).await,
-            Err(StackError::Upstream(UpstreamError::Timeout))
+            Err(StackError::Upstream(CallError::Timeout))
         );
     }
 }

@@ -7,30 +7,35 @@
 //! proxy with a fixed endpoint list needs: a LIFO list of idle
 //! [`SendRequest`]s per endpoint behind a mutex held for a push or a pop.
 //! A request pops the most recently used connection (dropping closed
-//! ones) or connects; the connection then rides with the response body
-//! in a [`Lease`] and goes back on the list when that body has reached
-//! its end. A body dropped before its end drops the connection with it,
-//! since a connection in the middle of a message cannot be reused.
+//! ones) or connects through the endpoint's [`Connect`]; the connection
+//! then rides with the response body in a [`Lease`] and goes back on the
+//! list when that body has reached its end. A body dropped before its end
+//! drops the connection with it, since a connection in the middle of a
+//! message cannot be reused.
 //!
 //! A request that a pooled connection did not send (the upstream closed
 //! it while it sat idle) is sent again on the next one; hyper hands such
 //! a request back untouched. Idle connections older than
 //! [`IDLE_TIMEOUT`] are closed when the list is next used, and at most
 //! [`MAX_IDLE`] are kept per endpoint.
+//!
+//! The pool is generic over the request body type, so it knows nothing of
+//! the data plane's body (which carries a [`Lease`] back to it).
 
+use std::error::Error as StdError;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::body::Body;
-use super::outcome::UpstreamError;
+use super::connect::Connect;
+use crate::proxy::outcome::CallError;
 
 /// Idle upstream connections are closed after this.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -38,42 +43,54 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Most idle connections kept per endpoint; more are closed on return.
 pub const MAX_IDLE: usize = 512;
 
-/// Keep-alive connections to one endpoint.
-pub struct Http1Pool {
+/// Keep-alive connections to one endpoint, for request bodies of type `B`.
+pub struct Http1Pool<B> {
     authority: Authority,
-    connect_timeout: Duration,
-    idle: Mutex<Vec<Idle>>,
+    connect: Connect,
+    idle: Mutex<Vec<Idle<B>>>,
 }
 
-struct Idle {
-    sender: SendRequest<Body>,
+struct Idle<B> {
+    sender: SendRequest<B>,
     since: Instant,
 }
 
-impl Http1Pool {
-    /// An empty pool for `authority` (`host:port`).
-    pub fn new(authority: Authority, connect_timeout: Duration) -> Arc<Self> {
+/// A response and, unless it was a 101, the connection it arrived on.
+pub struct Leased<B> {
+    /// The response, its body still streaming.
+    pub response: Response<Incoming>,
+    /// The connection, to give back once the body has ended; `None` when a
+    /// 101 handed it over to the upgrade.
+    pub lease: Option<Lease<B>>,
+}
+
+// === impl Http1Pool ===
+
+impl<B> Http1Pool<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    /// An empty pool for `authority` (`host:port`), dialling with `connect`.
+    pub fn new(authority: Authority, connect: Connect) -> Arc<Self> {
         Arc::new(Http1Pool {
             authority,
-            connect_timeout,
+            connect,
             idle: Mutex::new(Vec::new()),
         })
     }
 
     /// Idle connections held now.
     pub fn idle_count(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.lock().len()
     }
 
-    /// Sends `request` (its target already in origin form or not) on a
-    /// pooled or new connection.
-    pub async fn send(
-        self: &Arc<Self>,
-        mut request: Request<Body>,
-    ) -> Result<Response<Body>, UpstreamError> {
+    /// Sends `request` (its target in origin form or not) on a pooled or
+    /// new connection. A failure after the request started to go out is
+    /// `reset`; the caller tells it apart from the client breaking its own
+    /// body.
+    pub async fn send(self: &Arc<Self>, mut request: Request<B>) -> Result<Leased<B>, CallError> {
         self.prepare(&mut request);
         loop {
             let (mut sender, reused) = match self.checkout() {
@@ -93,11 +110,11 @@ impl Http1Pool {
                     Some(unsent) if reused => request = unsent,
                     Some(_) => {
                         tracing::debug!(error = %error.error(), "Upstream closed a new connection before the request went out.");
-                        return Err(UpstreamError::Connect);
+                        return Err(CallError::Connect);
                     }
                     None => {
                         tracing::debug!(error = %error.error(), "Upstream request failed.");
-                        return Err(UpstreamError::Reset);
+                        return Err(CallError::Reset);
                     }
                 },
             }
@@ -105,7 +122,7 @@ impl Http1Pool {
     }
 
     /// Origin-form target, HTTP/1.1, and a `Host` header.
-    fn prepare(&self, request: &mut Request<Body>) {
+    fn prepare(&self, request: &mut Request<B>) {
         if !request.headers().contains_key(HOST) {
             let host = request
                 .uri()
@@ -127,9 +144,13 @@ impl Http1Pool {
         *request.version_mut() = Version::HTTP_11;
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle<B>>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The most recently returned open connection, if any.
-    fn checkout(&self) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+    fn checkout(&self) -> Option<SendRequest<B>> {
+        let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
             if !entry.sender.is_closed() {
                 return Some(entry.sender);
@@ -139,12 +160,12 @@ impl Http1Pool {
     }
 
     /// Puts a connection whose last response has ended back on the list.
-    fn checkin(&self, sender: SendRequest<Body>) {
+    fn checkin(&self, sender: SendRequest<B>) {
         if sender.is_closed() {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.lock();
         // The front holds the oldest: close what has idled too long, and
         // keep the list bounded.
         let stale = idle
@@ -157,25 +178,12 @@ impl Http1Pool {
         idle.push(Idle { sender, since: now });
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
-        let connect = TcpStream::connect(self.authority.as_str());
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                tracing::debug!(endpoint = self.authority.as_str(), %error, "Upstream connect failed.");
-                return Err(if error.kind() == std::io::ErrorKind::TimedOut {
-                    UpstreamError::ConnectTimeout
-                } else {
-                    UpstreamError::Connect
-                });
-            }
-            Err(_) => return Err(UpstreamError::ConnectTimeout),
-        };
-        let _ = stream.set_nodelay(true);
+    async fn connect(&self) -> Result<SendRequest<B>, CallError> {
+        let stream = self.connect.connect(&self.authority).await?;
         let (sender, connection) = Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|_| UpstreamError::Connect)?;
+            .map_err(|_| CallError::Connect)?;
         let endpoint = self.authority.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.with_upgrades().await {
@@ -185,32 +193,29 @@ impl Http1Pool {
         Ok(sender)
     }
 
-    /// Wraps the response body so the connection returns to the pool when
-    /// the body ends. A 101 response hands the connection over to the
+    /// Lends the connection to the response; a 101 hands it over to the
     /// upgrade instead.
-    fn lease(
-        self: &Arc<Self>,
-        response: Response<hyper::body::Incoming>,
-        sender: SendRequest<Body>,
-    ) -> Response<Body> {
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return response.map(Body::incoming);
-        }
-        let lease = Lease {
+    fn lease(self: &Arc<Self>, response: Response<Incoming>, sender: SendRequest<B>) -> Leased<B> {
+        let lease = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| Lease {
             pool: self.clone(),
             sender: Some(sender),
-        };
-        response.map(|incoming| Body::leased(incoming, lease))
+        });
+        Leased { response, lease }
     }
 }
 
 /// A pooled connection lent to one response body.
-pub struct Lease {
-    pool: Arc<Http1Pool>,
-    sender: Option<SendRequest<Body>>,
+pub struct Lease<B> {
+    pool: Arc<Http1Pool<B>>,
+    sender: Option<SendRequest<B>>,
 }
 
-impl Lease {
+impl<B> Lease<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     /// The response is over: the connection may take the next request.
     pub fn release(&mut self) {
         if let Some(sender) = self.sender.take() {
@@ -222,30 +227,34 @@ impl Lease {
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http_body_util::BodyExt;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty, Full};
     use hyper::service::service_fn;
     use tokio::net::TcpListener;
 
     use super::*;
 
+    type Pool = Http1Pool<Empty<Bytes>>;
+
     /// A keep-alive upstream answering `body` to every request; counts
     /// the connections it accepted.
-    async fn upstream(body: &'static str) -> (Authority, Arc<std::sync::atomic::AtomicUsize>) {
+    async fn upstream(body: &'static str) -> (Authority, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
                     TokioIo::new(stream),
                     service_fn(move |_request| async move {
-                        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from_static(body.as_bytes()),
-                        )))
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                            body.as_bytes(),
+                        ))))
                     }),
                 ));
             }
@@ -253,35 +262,51 @@ mod tests {
         (authority, accepted)
     }
 
-    fn get() -> Request<Body> {
-        Request::get("http://example/x")
-            .body(Body::empty())
+    fn get() -> Request<Empty<Bytes>> {
+        Request::get("http://example/x").body(Empty::new()).unwrap()
+    }
+
+    fn pool(authority: Authority) -> Arc<Pool> {
+        Http1Pool::new(authority, Connect::new(Duration::from_secs(1)))
+    }
+
+    /// Reads the body to its end, then gives the connection back.
+    async fn finish(leased: Leased<Empty<Bytes>>) -> Bytes {
+        let body = leased
+            .response
+            .into_body()
+            .collect()
+            .await
             .unwrap()
+            .to_bytes();
+        if let Some(mut lease) = leased.lease {
+            lease.release();
+        }
+        body
     }
 
     #[tokio::test]
     async fn a_finished_response_returns_its_connection() {
         let (authority, accepted) = upstream("hello").await;
-        let pool = Http1Pool::new(authority, Duration::from_secs(1));
+        let pool = pool(authority);
         for _ in 0..5 {
-            let response = pool.send(get()).await.unwrap();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(body, "hello");
+            let leased = pool.send(get()).await.unwrap();
+            assert_eq!(finish(leased).await, "hello");
         }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(pool.idle_count(), 1);
     }
 
     #[tokio::test]
     async fn an_unfinished_response_closes_its_connection() {
         let (authority, accepted) = upstream("a longer body").await;
-        let pool = Http1Pool::new(authority, Duration::from_secs(1));
-        let response = pool.send(get()).await.unwrap();
-        drop(response);
+        let pool = pool(authority);
+        let leased = pool.send(get()).await.unwrap();
+        drop(leased);
         assert_eq!(pool.idle_count(), 0);
-        let response = pool.send(get()).await.unwrap();
-        response.into_body().collect().await.unwrap();
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let leased = pool.send(get()).await.unwrap();
+        finish(leased).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
@@ -289,8 +314,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         drop(listener);
-        let pool = Http1Pool::new(authority, Duration::from_secs(1));
-        assert_eq!(pool.send(get()).await.err(), Some(UpstreamError::Connect));
+        assert_eq!(
+            pool(authority).send(get()).await.err(),
+            Some(CallError::Connect)
+        );
     }
 
     #[tokio::test]
@@ -307,21 +334,18 @@ mod tests {
                         .serve_connection(
                             TokioIo::new(stream),
                             service_fn(|_request| async {
-                                Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
-                                    bytes::Bytes::from_static(b"once"),
-                                )))
+                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                    b"once",
+                                ))))
                             }),
                         ),
                 );
             }
         });
-        let pool = Http1Pool::new(authority, Duration::from_secs(1));
+        let pool = pool(authority);
         for _ in 0..3 {
-            let response = pool.send(get()).await.unwrap();
-            assert_eq!(
-                response.into_body().collect().await.unwrap().to_bytes(),
-                "once"
-            );
+            let leased = pool.send(get()).await.unwrap();
+            assert_eq!(finish(leased).await, "once");
         }
     }
 }

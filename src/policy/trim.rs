@@ -9,8 +9,9 @@
 //! only once the request rate has fallen to a sixteenth of its recent peak
 //! (so a steady load, which would refill the pages at once, is never
 //! trimmed)
-//! and resident memory has grown since the last trim. The overload sampler
-//! ([`crate::overload::spawn`]) asks it on every RSS sample.
+//! and resident memory has grown since the last trim. The sampler
+//! (`crate::sampler`) asks it on every RSS sample and makes the call
+//! (`crate::sys::release_free_memory`).
 
 /// Resident growth since the last trim below which trimming is not worth
 /// a walk of the heap.
@@ -61,17 +62,6 @@ impl TrimPolicy {
     /// Records the resident size after a trim.
     pub fn trimmed(&mut self, rss: u64) {
         self.floor = rss;
-    }
-}
-
-/// Returns free heap pages to the OS (glibc only; elsewhere a no-op).
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)]
-    // SAFETY: malloc_trim takes a padding size and only walks the
-    // allocator's own free lists under its locks; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -3,17 +3,16 @@
 //!
 //! Each endpoint gets one task. It probes, feeds the result to a
 //! `policy::health::HealthTracker` (thresholds, no I/O), and on a change
-//! flips the endpoint's `healthy` flag, which [`UpstreamPool::pick`] reads.
+//! flips the endpoint's health, which [`UpstreamPool::pick`] reads.
 //! Tasks hold only a `Weak` reference to their pool: when a reload
 //! replaces the pool, its checks stop by themselves.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::forward::UpstreamPool;
+use super::balance::UpstreamPool;
 use crate::config::policy::{HealthCheck, Probe};
 use crate::events::{EventBus, Severity};
 use crate::policy::health::{HealthChange, HealthTracker};
@@ -27,7 +26,7 @@ pub fn spawn(pool: &Arc<UpstreamPool>, events: &Arc<EventBus>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    for index in 0..pool.endpoints().len() + pool.backup().len() {
+    for (index, _) in pool.all_endpoints() {
         runtime.spawn(check_endpoint(
             Arc::downgrade(pool),
             index,
@@ -55,7 +54,7 @@ async fn check_endpoint(
         };
         if let Some(change) = tracker.record(passed) {
             let healthy = change == HealthChange::BecameHealthy;
-            endpoint.healthy.store(healthy, Ordering::Relaxed);
+            endpoint.set_healthy(healthy);
             events.emit(
                 "health",
                 endpoint.authority.as_str(),
@@ -115,7 +114,7 @@ async fn probe(pool: &UpstreamPool, index: usize, check: &HealthCheck) -> bool {
 async fn within_http(
     limit: Duration,
     sent: impl std::future::Future<
-        Output = Result<http::Response<super::body::Body>, super::outcome::UpstreamError>,
+        Output = Result<http::Response<crate::proxy::body::Body>, crate::proxy::outcome::CallError>,
     >,
 ) -> Option<u16> {
     match tokio::time::timeout(limit, sent).await {
