@@ -72,6 +72,9 @@ enum Kind {
 struct Tail {
     outcome: Outcome,
     upstream_elapsed: Option<Duration>,
+    /// The request's client: when the response breaks because the client
+    /// broke its request body, the exchange ends as the client's failure.
+    client: Option<Arc<ClientFault>>,
     permit: Option<BulkheadPermit>,
     breaker: Option<BreakerRecord>,
     endpoint: Option<TryRecord>,
@@ -185,6 +188,7 @@ impl Body {
             Box::new(Tail {
                 outcome: Outcome::Success,
                 upstream_elapsed: None,
+                client: None,
                 permit: None,
                 breaker: None,
                 endpoint: None,
@@ -199,6 +203,12 @@ impl Body {
         let tail = self.tail();
         tail.outcome = outcome;
         tail.upstream_elapsed = upstream_elapsed;
+    }
+
+    /// Ties this response to its request's client: if the response breaks
+    /// after the client broke its request body, the client is to blame.
+    pub fn watch_request(&mut self, client: Arc<ClientFault>) {
+        self.tail().client = Some(client);
     }
 
     /// The classification made at the headers (`success` when none was).
@@ -233,9 +243,10 @@ impl Body {
         let Some(mut tail) = self.tail.take() else {
             return;
         };
+        let client_fault = tail.client.as_ref().and_then(|client| client.get());
         let outcome = match (reason, tail.outcome) {
             (EndReason::Error, Outcome::Success | Outcome::Slow | Outcome::Http5xx) => {
-                Outcome::Reset
+                client_fault.map_or(Outcome::Reset, CallError::outcome)
             }
             (_, outcome) => outcome,
         };

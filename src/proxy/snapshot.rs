@@ -359,3 +359,64 @@ impl RoutePlan {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_str, Overrides};
+
+    fn config() -> Config {
+        load_str(
+            "listeners:
+  - name: inbound
+    listen: 127.0.0.1:15006
+    routes:
+      - {name: main, upstream: app, retry: {attempts: 3}}
+upstreams:
+  - {name: app, endpoints: [127.0.0.1:8080]}
+",
+            "test.yaml",
+            &Overrides::default(),
+        )
+        .unwrap()
+    }
+
+    fn build(config: Config) -> Result<Snapshot, SnapshotError> {
+        let metrics = Metrics::new().unwrap();
+        let events = EventBus::new(8, metrics.events_total.clone(), Vec::new());
+        let gates = Gates::default();
+        let overload = Arc::new(OverloadFlag::default());
+        let wiring = Wiring {
+            metrics: &metrics,
+            events: &events,
+            gates: &gates,
+            overload: &overload,
+        };
+        Snapshot::build(config, 1, None, &wiring)
+    }
+
+    #[tokio::test]
+    async fn a_valid_config_builds_every_route() {
+        let snapshot = build(config()).unwrap();
+        assert!(snapshot.route("main").is_some());
+        assert!(snapshot.upstream("app").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_route_without_its_upstream_fails_the_build_instead_of_vanishing() {
+        let mut config = config();
+        config.listeners[0].routes[0].upstream = "gone".to_owned();
+        let error = build(config).err().expect("the build must fail");
+        assert_eq!(error.0, ["route main: no upstream named \"gone\""]);
+    }
+
+    #[tokio::test]
+    async fn retry_settings_that_cannot_be_built_fail_the_build_instead_of_disabling_retries() {
+        let mut config = config();
+        let backoff = &mut config.listeners[0].routes[0].retry.backoff;
+        backoff.base = Duration::from_millis(500);
+        backoff.max = Duration::from_millis(10);
+        let error = build(config).err().expect("the build must fail");
+        assert!(error.0[0].starts_with("route main: retry.backoff"), "{error}");
+    }
+}

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{self, bin, client, eventually, free_port, sim, Process};
+use crate::support::{bin, client, eventually, free_port, sim, Process};
 
 fn check(text: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -231,7 +231,6 @@ async fn run_on_the_embedded_default_with_flags() {
     assert_eq!(entry["status"], 200);
     assert_eq!(entry["outcome"], "success");
     assert_eq!(entry["path"], "/via-default");
-    let _ = support::SIGTERM;
 }
 
 #[test]

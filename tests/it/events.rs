@@ -1,50 +1,10 @@
 //! Events: the ring at `/events`, the live SSE stream, and webhooks.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use http_body_util::BodyExt;
 
 use crate::support::{bin, client, eventually, free_port, proxy, sim};
-
-/// A webhook receiver on 127.0.0.1: records each POST body.
-async fn receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let store = received.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |request: hyper::Request<hyper::body::Incoming>| {
-                        let store = store.clone();
-                        async move {
-                            let body = request
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            if let Ok(value) = serde_json::from_slice(&body) {
-                                store.lock().unwrap().push(value);
-                            }
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::new()),
-                            ))
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (format!("http://{address}/hook"), received)
-}
 
 #[tokio::test]
 async fn breaker_transitions_are_listed_and_streamed_live() {
@@ -116,8 +76,8 @@ upstreams:
 
 #[tokio::test]
 async fn a_crash_loop_escalation_reaches_json_and_slack_webhooks() {
-    let (json_url, json_received) = receiver().await;
-    let (slack_url, slack_received) = receiver().await;
+    let (json_url, json_received) = crate::support::webhook_receiver().await;
+    let (slack_url, slack_received) = crate::support::webhook_receiver().await;
     let address = format!("127.0.0.1:{}", free_port());
     let config = format!(
         "admin: {{listen: \"{{admin}}\"}}

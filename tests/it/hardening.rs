@@ -398,6 +398,10 @@ async fn h2_continuation_flood_ends_with_bounded_work() {
     ));
     let (saw_goaway, written) = flood(proxy.listen, frames).await;
     assert!(
+        saw_goaway,
+        "an endless header block must end in GOAWAY (wrote {written} bytes)"
+    );
+    assert!(
         written < 8 << 20,
         "the proxy kept reading an endless header block: {written} bytes"
     );

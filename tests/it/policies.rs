@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::support::{client, eventually, free_port, proxy, sim, Proxy};
+use crate::support::{client, eventually, free_port, metric_value, proxy, sim, Proxy};
 
 fn one_route(upstreams: &[&str], route_extra: &str, upstream_extra: &str) -> String {
     let endpoints: Vec<String> = upstreams
@@ -432,10 +432,15 @@ async fn retries_on_a_dead_upstream_stay_within_the_budget() {
         "{attempts} upstream attempts for {N} requests exceeds the budget bound {bound}"
     );
     assert!(attempts > N, "some retries were made");
-    assert!(proxy
-        .metrics()
-        .await
-        .contains("breakwater_retry_budget_exhausted_total"));
+    let exhausted = metric_value(
+        &proxy.metrics().await,
+        "breakwater_retry_budget_exhausted_total",
+    )
+    .expect("the budget counter is exported");
+    assert!(
+        exhausted >= 1.0,
+        "retries the budget refused were counted: {exhausted}"
+    );
     eprintln!("dead upstream: {N} requests → {attempts} attempts (bound {bound})");
 }
 
@@ -585,4 +590,105 @@ async fn active_health_checks_take_an_endpoint_out_and_back() {
         .stderr
         .wait_for("kind=\"health\"", Duration::from_secs(5))
         .await;
+}
+
+/// Sends `head` (and whatever follows in it) on a fresh connection and
+/// waits until the upstream has seen one more request: the request is in
+/// flight through the proxy. Returns the open connection.
+async fn in_flight(
+    proxy: &Proxy,
+    upstream: &crate::support::Sim,
+    head: &str,
+) -> std::net::TcpStream {
+    use std::io::Write;
+    let before = upstream.requests().await;
+    let mut stream = std::net::TcpStream::connect(proxy.listen).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    eventually(
+        "the request reached the upstream",
+        Duration::from_secs(5),
+        || async { (upstream.requests().await > before).then_some(()) },
+    )
+    .await;
+    stream
+}
+
+/// A flaky mobile client, or a malformed one, must never open the breaker
+/// for everyone: a request body cut short or framed badly is the client's
+/// failure (499 / 400), counted by no breaker, outlier detector or retry.
+#[tokio::test]
+async fn a_clients_broken_body_never_counts_against_the_upstream() {
+    use std::io::{Read, Write};
+    let upstream = sim("slow").arg("--latency").arg("300ms").run().await;
+    let proxy = proxy(&one_route(
+        &[&upstream.address],
+        "        circuit_breaker: {consecutive_failures: 3}",
+        "    outlier_detection: {consecutive_failures: 3}",
+    ))
+    .run()
+    .await;
+
+    // Bodies cut short: 100 bytes declared, 10 sent, then the client is gone.
+    for path in ["/", "/echo", "/", "/echo"] {
+        let head =
+            format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789");
+        drop(in_flight(&proxy, &upstream, &head).await);
+    }
+    // A malformed chunk-size line in one write: refused before anything
+    // is forwarded.
+    for _ in 0..4 {
+        let (response, closed) = crate::support::raw_exchange_closed(
+            proxy.listen,
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5 x\r\nhello\r\n0\r\n\r\n",
+            Duration::from_secs(5),
+        );
+        assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+        assert_eq!(
+            crate::support::raw_header(&response, "x-breakwater-reason"),
+            Some("bad-chunk")
+        );
+        assert!(closed);
+    }
+    // The same after the request is already on its way upstream: still a
+    // 400 for the client, and the exchange is the client's failure.
+    for _ in 0..4 {
+        let head = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut stream = in_flight(&proxy, &upstream, head).await;
+        stream.write_all(b"5\tx\r\nhello\r\n0\r\n\r\n").unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+        assert_eq!(
+            crate::support::raw_header(&response, "x-breakwater-reason"),
+            Some("bad-chunk")
+        );
+    }
+
+    // The upstream was never at fault: its breaker stayed closed, nothing
+    // was ejected, and the next request is served.
+    let response = proxy.get("/").await;
+    assert_eq!(response.status(), 200);
+    let status = proxy.status_json().await;
+    let breaker = &status["listeners"][0]["routes"][0]["breaker"];
+    assert_eq!(breaker["state"], "closed");
+    assert_eq!(breaker["consecutive_failures"], 0, "{breaker}");
+    assert_eq!(breaker["n_trips"], 0);
+    assert_eq!(status["upstreams"][0]["endpoints"][0]["times_ejected"], 0);
+    let metrics = proxy.metrics().await;
+    let count = |outcome: &str, code: &str| {
+        metric_value(
+            &metrics,
+            &format!(
+                r#"breakwater_requests_total{{code="{code}",outcome="{outcome}",route="main"}}"#
+            ),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(count("cancelled", "499"), 4.0, "{metrics}");
+    assert_eq!(count("client_error", "400"), 4.0, "{metrics}");
+    assert_eq!(count("reset", "502"), 0.0, "{metrics}");
 }

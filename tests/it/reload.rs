@@ -216,3 +216,143 @@ async fn requests_in_flight_finish_on_the_config_they_started_with() {
     assert_eq!(finished.status(), 200);
     assert_eq!(finished.headers()["x-sim-name"], "blue");
 }
+
+fn supervised(address: &str, name: &str, extra: &str) -> String {
+    format!(
+        "admin: {{listen: \"{{admin}}\"}}
+listeners:
+  - {{name: inbound, listen: \"{{listen}}\", routes: [{{name: main, upstream: app}}]}}
+upstreams:
+  - {{name: app, endpoints: [\"{address}\"]}}
+supervisor:
+  process:
+    command: \"{}\"
+    args: [sim, --listen, \"{address}\", --name, {name}]
+    stop_grace: 5s
+{extra}",
+        support::bin()
+    )
+}
+
+/// The supervisor follows its section: a new process spec restarts the
+/// child with it; other settings apply without a restart.
+#[tokio::test]
+async fn a_changed_process_spec_restarts_the_child_with_it() {
+    let address = format!("127.0.0.1:{}", support::free_port());
+    let proxy = proxy(&supervised(&address, "one", "")).run().await;
+    eventually("serving", Duration::from_secs(20), || async {
+        (served_by(&proxy).await == "one").then_some(())
+    })
+    .await;
+    let pid = proxy.status_json().await["supervisor"]["pid"].clone();
+
+    // A setting that is not the spec: applied, no restart.
+    proxy.rewrite(&supervised(
+        &address,
+        "one",
+        "    backoff: {initial: 100ms, max: 1s, multiplier: 2, jitter: 0}\n",
+    ));
+    let (status, body) = reload_via_admin(&proxy).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(proxy.status_json().await["supervisor"]["pid"], pid);
+
+    // A new spec: the child is restarted with it.
+    proxy.rewrite(&supervised(&address, "two", ""));
+    let (status, body) = reload_via_admin(&proxy).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        "served by the new spec",
+        Duration::from_secs(20),
+        || async { (served_by(&proxy).await == "two").then_some(()) },
+    )
+    .await;
+    let supervisor = &proxy.status_json().await["supervisor"];
+    assert_ne!(supervisor["pid"], pid);
+    assert_eq!(supervisor["restarts"], 1);
+    assert!(proxy
+        .metrics()
+        .await
+        .contains(r#"breakwater_supervisor_restarts_total{reason="config"} 1"#));
+}
+
+/// `alerts.webhooks` follow a reload: a webhook added by it receives the
+/// reload's own event.
+#[tokio::test]
+async fn webhooks_follow_a_reload() {
+    let blue = sim("blue").run().await;
+    let proxy = proxy(&routing_to(&blue.address, "main")).run().await;
+    let (url, received) = support::webhook_receiver().await;
+    let with_hook = format!(
+        "{}alerts:\n  webhooks: [{{url: \"{url}\", min_severity: info}}]\n",
+        routing_to(&blue.address, "main")
+    );
+    proxy.rewrite(&with_hook);
+    let (status, body) = reload_via_admin(&proxy).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        "the new webhook got the reload event",
+        Duration::from_secs(10),
+        || async {
+            received
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|event| event["kind"] == "config_reload")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// `limits.max_connections` follows a reload at the next accept.
+#[tokio::test]
+async fn max_connections_follows_a_reload() {
+    use std::io::{Read, Write};
+    let blue = sim("blue").run().await;
+    let proxy = proxy(&routing_to(&blue.address, "main")).run().await;
+    proxy.rewrite(&format!(
+        "{}limits: {{max_connections: 1}}\n",
+        routing_to(&blue.address, "main")
+    ));
+    let (status, body) = reload_via_admin(&proxy).await;
+    assert_eq!(status, 200, "{body}");
+    let mut held = std::net::TcpStream::connect(proxy.listen).unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    held.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // The held connection is the one allowed: the next is closed at once.
+    let (response, closed) = support::raw_exchange_closed(
+        proxy.listen,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(closed && response.is_empty(), "{response}");
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"breakwater_rejected_total{listener="inbound",reason="max_connections"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+/// What a running process cannot change is refused, naming the key.
+#[tokio::test]
+async fn changing_worker_threads_needs_a_restart_and_names_the_key() {
+    let blue = sim("blue").run().await;
+    let proxy = proxy(&routing_to(&blue.address, "main")).run().await;
+    proxy.rewrite(&format!(
+        "{}runtime: {{threads: 3}}\n",
+        routing_to(&blue.address, "main")
+    ));
+    let (status, body) = reload_via_admin(&proxy).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["path"], "runtime.threads", "{body}");
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("needs a restart"));
+    assert_eq!(served_by(&proxy).await, "blue");
+}

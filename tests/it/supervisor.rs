@@ -179,6 +179,146 @@ async fn a_crash_loop_backs_off_then_escalates_without_a_restart_storm() {
     assert_eq!(readyz.status(), 503);
     let readyz: serde_json::Value = readyz.json().await.unwrap();
     assert_eq!(readyz["reason"], "needs_intervention");
+
+    // An operator's restart starts it again, with the crash loop forgotten:
+    // it is restarted with backoff again before escalating a second time.
+    let restart = operator_restart(&proxy).await;
+    assert_eq!(restart, 202);
+    eventually(
+        "escalated a second time",
+        Duration::from_secs(20),
+        || async {
+            let status = supervisor(&proxy).await;
+            (status["state"] == "needs_intervention" && status["restarts"] == 4 + 1 + 4)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+async fn operator_restart(proxy: &Proxy) -> u16 {
+    client()
+        .post(proxy.admin_url("/upstreams/app/restart"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn event_details(proxy: &Proxy, kind: &str) -> Vec<String> {
+    let events: serde_json::Value = client()
+        .get(proxy.admin_url("/events?limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["kind"] == kind)
+        .map(|event| event["detail"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_operator_restart_starts_a_process_that_exited_with_restart_never() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let process = sim_process(&address, ", --crash-after, 1s").replace(
+        "    stop_grace: 5s\n",
+        "    stop_grace: 5s\n    restart: never\n",
+    );
+    let proxy = proxy(&config(&address, &process)).run().await;
+    ready(&proxy).await;
+    let first = supervisor(&proxy).await["pid"].as_u64().unwrap();
+    eventually("stopped for good", Duration::from_secs(20), || async {
+        (supervisor(&proxy).await["state"] == "stopped").then_some(())
+    })
+    .await;
+    let response = proxy.get("/").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.headers()["x-breakwater-reason"],
+        "needs-intervention"
+    );
+    assert_eq!(operator_restart(&proxy).await, 202);
+    eventually("running again", Duration::from_secs(20), || async {
+        let status = supervisor(&proxy).await;
+        let pid = status["pid"].as_u64()?;
+        (pid != first && status["state"] == "running").then_some(())
+    })
+    .await;
+    assert_eq!(proxy.get("/").await.status(), 200);
+    assert_eq!(event_details(&proxy, "process_start").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_command_that_does_not_exist_is_named_and_needs_intervention() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let process = "  process:\n    command: no-such-service-binary\n    args: [--port, \"8080\"]\n";
+    let proxy = proxy(&config(&address, process)).run().await;
+    eventually("gave up", Duration::from_secs(10), || async {
+        (supervisor(&proxy).await["state"] == "needs_intervention").then_some(())
+    })
+    .await;
+    let failed = event_details(&proxy, "process_start_failed").await;
+    assert!(
+        failed
+            .iter()
+            .any(|detail| detail.contains("no-such-service-binary")
+                && detail.contains("not found on PATH")),
+        "{failed:?}"
+    );
+    let response = proxy.get("/").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.headers()["x-breakwater-reason"],
+        "needs-intervention"
+    );
+    let readyz: serde_json::Value = client()
+        .get(proxy.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(readyz["reason"], "needs_intervention");
+    // An operator's restart tries again (and says so again).
+    assert_eq!(operator_restart(&proxy).await, 202);
+    eventually("tried again", Duration::from_secs(10), || async {
+        (event_details(&proxy, "process_start_failed").await.len() == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_child_that_never_becomes_ready_goes_to_the_ladder_at_startup_timeout() {
+    let address = format!("127.0.0.1:{}", free_port());
+    // Binds only after a minute: never ready within startup_timeout.
+    let process = sim_process(&address, ", --slow-start, 60s");
+    let config = config(&address, &process)
+        .replace("  startup_timeout: 20s\n", "  startup_timeout: 500ms\n  recovery: {ladder: [restart, escalate], max_attempts: 1, cooldown: 100ms}\n");
+    let proxy = proxy(&config).run().await;
+    eventually(
+        "escalated after two startup timeouts",
+        Duration::from_secs(20),
+        || async { (supervisor(&proxy).await["state"] == "needs_intervention").then_some(()) },
+    )
+    .await;
+    assert_eq!(event_details(&proxy, "startup_timeout").await.len(), 2);
+    let recovery = event_details(&proxy, "recovery").await;
+    assert_eq!(
+        recovery,
+        ["startup_timeout: restart", "startup_timeout: escalate"],
+        "the ladder acted on each startup timeout"
+    );
+    let status = supervisor(&proxy).await;
+    assert_eq!(status["restarts"], 1);
+    assert_eq!(status["escalated"], true);
 }
 
 #[tokio::test]

@@ -407,6 +407,16 @@ impl Proxy {
     }
 }
 
+/// The value of the series `series` (name and labels exactly as
+/// rendered, e.g. `breakwater_shed_total{reason="full",route="main"}`) in
+/// a Prometheus text page; `None` when it is not there.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
 /// Replaces a file by rename, as editors and config tools do.
 pub fn write_atomically(path: &Path, text: &str) {
     let temp = path.with_extension("tmp");
@@ -442,4 +452,43 @@ pub fn raw_header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
         let (key, value) = line.split_once(':')?;
         key.eq_ignore_ascii_case(name).then(|| value.trim())
     })
+}
+
+/// A webhook receiver on 127.0.0.1: records each POST body.
+pub async fn webhook_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let body = http_body_util::BodyExt::collect(request.into_body())
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            if let Ok(value) = serde_json::from_slice(&body) {
+                                store.lock().unwrap().push(value);
+                            }
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{address}/hook"), received)
 }

@@ -308,6 +308,9 @@ async fn try_once(
             let body = response.body_mut();
             body.classify(outcome, Some(elapsed));
             body.record_try(TryRecord::new(pool.health.clone(), index));
+            if let Some(client) = client {
+                body.watch_request(client);
+            }
             Ok(response)
         }
         Err(error) => {
