@@ -1,7 +1,8 @@
 //! The resilience policies of SPEC §3 as plain types that make decisions.
 //!
-//! Each type here answers one question for the data plane, and the data
-//! plane wraps each in a tower layer (`proxy/`), in the SPEC §3 order:
+//! Each type here answers one question, and the data plane wraps each in a
+//! tower layer (`proxy/`), in the SPEC §3 order, or samples it
+//! (`sampler.rs`):
 //!
 //! | step | type | question it answers |
 //! | --- | --- | --- |
@@ -10,6 +11,8 @@
 //! | bulkhead | [`bulkhead::Bulkhead`] | is there room in flight (or in the queue)? |
 //! | retries | [`retry`], [`retry_budget::RetryBudget`], [`backoff::Backoff`] | may this failure be retried, and after how long? |
 //! | endpoints | [`outlier::OutlierDetector`], [`health::HealthTracker`] | which endpoints may take traffic? |
+| overload | [`overload::Ladder`] | is breakwater itself short of memory? |
+| heap | [`trim::TrimPolicy`] | has a burst ended, so freed memory can go back? |
 //!
 //! The one idea: **the data plane reads the clock once per request and passes
 //! `now` down.** Every policy takes `now: tokio::time::Instant` as an argument
