@@ -23,9 +23,6 @@
 //! It does not route HTTP: the admin server owns `/events` and
 //! `/events/stream` and calls [`EventBus::since`] and [`sse_body`]. It does
 //! not speak TLS yet, so `https://` webhooks are refused at construction.
-//!
-//! The free function [`emit`] predates the bus: it only logs and counts, and
-//! stays for callers that have not been handed an `Arc<EventBus>` yet.
 
 mod rfc3339;
 mod sse;
@@ -214,8 +211,8 @@ impl EventBus {
         })
     }
 
-    /// Records an event and returns its id: logs and counts it (exactly as
-    /// the free [`emit`] does), keeps it in the ring, broadcasts it to live
+    /// Records an event and returns its id: logs and counts it, keeps it in
+    /// the ring, broadcasts it to live
     /// subscribers and queues it for every webhook whose `min_severity` it
     /// meets.
     ///
