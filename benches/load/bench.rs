@@ -1,6 +1,7 @@
 //! The macro load bench: breakwater beside nginx, HAProxy and no proxy at all.
 //!
-//! `cargo bench --bench load` starts a minimal hyper upstream, breakwater,
+//! `cargo run --release -p breakwater-load` builds breakwater's release
+//! binary, starts a minimal hyper upstream, breakwater,
 //! nginx and HAProxy (all on 127.0.0.1, all in the foreground under this
 //! program's control), then drives every target with the same load in one
 //! run, round-robin, so drift on the machine hits all of them alike:
@@ -57,10 +58,10 @@ const LOADGEN_CPU: usize = 0;
 /// The CPU every proxy runs on.
 const PROXY_CPU: usize = 1;
 
-/// Command line. `cargo bench` passes `--bench`, which is accepted and ignored.
+/// Command line.
 #[derive(Parser, Debug)]
 #[command(
-    name = "load",
+    name = "breakwater-load",
     about = "breakwater's macro load bench (see BENCHMARKING.md)"
 )]
 struct Args {
@@ -115,14 +116,15 @@ struct Args {
     /// Do not pin processes to CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// The breakwater binary (default: the one cargo built beside this bench).
+    /// The breakwater binary to measure (default: build the release binary of
+    /// this repository with cargo and measure that, target/release/breakwater).
     #[arg(long, env = "BREAKWATER_BIN")]
     breakwater_bin: Option<PathBuf>,
     /// Where the markdown report goes (default: docs/BENCHMARKS.md, or
     /// target/load-bench/BENCHMARKS-quick.md with --quick or --target).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// The repository root (default: where cargo built this bench from).
+    /// The repository root (default: the one this bench was built from).
     #[arg(long, env = "BREAKWATER_REPO")]
     repo: Option<PathBuf>,
     /// Run only the resilience drills (breaker, kill -9, failover, shed; under 2 minutes).
@@ -131,12 +133,6 @@ struct Args {
     /// Built-in mode: skip the resilience drills after the load phases.
     #[arg(long, conflicts_with = "drills")]
     no_drills: bool,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
-    /// Filters passed by `cargo bench NAME`; ignored.
-    #[arg(hide = true)]
-    _filters: Vec<String>,
 }
 
 /// Phase lengths and shapes, fixed per mode.
@@ -377,15 +373,22 @@ fn main() -> std::process::ExitCode {
 }
 
 fn bench(args: Args) -> Result<()> {
-    let repo = args
-        .repo
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "load bench: built without --release: the generator is slow and its figures are its own limit; use `cargo run --release -p breakwater-load`"
+        );
+    }
+    let repo = args.repo.clone().unwrap_or_else(|| {
+        // This package is benches/load inside the repository.
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .nth(2)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    });
     let breakwater_bin = match &args.breakwater_bin {
         Some(path) => path.clone(),
-        None => option_env!("CARGO_BIN_EXE_breakwater")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo.join("target/release/breakwater")),
+        None => build_breakwater(&repo)?,
     };
     let mut machine = report::Machine::probe(&args.command_line(), &breakwater_bin);
     machine.revision = report::revision(&repo);
@@ -825,7 +828,7 @@ fn targets_cpu(targets: &[Target]) -> f64 {
 impl Args {
     /// The command that reproduces this run, for the report.
     fn command_line(&self) -> String {
-        let mut command = String::from("cargo bench --bench load --");
+        let mut command = String::from("cargo run --release -p breakwater-load --");
         if self.quick {
             command.push_str(" --quick");
         }
@@ -846,6 +849,42 @@ impl Args {
         }
         command
     }
+}
+
+/// Builds breakwater's release binary in `repo` (a no-op when it is up to
+/// date) and returns its path, as cargo reports it: `target/release/breakwater`,
+/// or the same under `CARGO_TARGET_DIR`. Runs before any pinning, so the
+/// build has both CPUs.
+fn build_breakwater(repo: &Path) -> Result<PathBuf> {
+    // `cargo run` tells the program which cargo ran it.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!(
+        "load bench: building breakwater (cargo build --release -p breakwater --bin breakwater)"
+    );
+    let output = std::process::Command::new(cargo)
+        .current_dir(repo)
+        .args(["build", "--release"])
+        .args(["-p", "breakwater", "--bin", "breakwater"])
+        .arg("--manifest-path")
+        .arg(repo.join("Cargo.toml"))
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo to build breakwater (or pass --breakwater-bin)")?;
+    if !output.status.success() {
+        bail!(
+            "cargo build --release -p breakwater failed ({}); or pass --breakwater-bin",
+            output.status
+        );
+    }
+    // One JSON message per line; the binary is the artifact with an executable.
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| message["target"]["name"] == "breakwater")
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| anyhow!("cargo built no breakwater binary; pass --breakwater-bin"))
 }
 
 /// Raises the soft open-files limit to the hard one (and the hard one to

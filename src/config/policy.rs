@@ -410,7 +410,7 @@ impl Decode for RetryOn {
 pub struct Retry {
     /// Tries in all, the first included. Default 1 (no retry).
     pub attempts: u32,
-    /// What may be retried. Default [connect_error].
+    /// What may be retried. Default `[connect_error]`.
     pub retry_on: Vec<RetryOn>,
     /// The retry budget.
     pub budget: RetryBudget,
@@ -633,7 +633,7 @@ pub enum Probe {
     Http {
         /// Path to GET. Default `/healthz`.
         path: String,
-        /// Acceptable statuses. Default [200].
+        /// Acceptable statuses. Default `[200]`.
         expect_status: Vec<u16>,
     },
     /// `tcp: {}`: a connect that must succeed.

@@ -23,7 +23,6 @@
 //! It does not route HTTP: the admin server owns `/events` and
 //! `/events/stream` and calls [`EventBus::since`] and [`sse_body`]. It does
 //! not speak TLS yet, so `https://` webhooks are refused at construction.
-//!
 
 mod rfc3339;
 mod sse;
@@ -219,8 +218,8 @@ impl EventBus {
         true
     }
 
-    /// Records an event and returns its id: logs and counts it (exactly as
-    /// the free [`emit`] does), keeps it in the ring, broadcasts it to live
+    /// Records an event and returns its id: logs and counts it, keeps it in
+    /// the ring, broadcasts it to live
     /// subscribers and queues it for every webhook whose `min_severity` it
     /// meets.
     ///
