@@ -11,8 +11,8 @@
 //! | bulkhead | [`bulkhead::Bulkhead`] | is there room in flight (or in the queue)? |
 //! | retries | [`retry`], [`retry_budget::RetryBudget`], [`backoff::Backoff`] | may this failure be retried, and after how long? |
 //! | endpoints | [`outlier::OutlierDetector`], [`health::HealthTracker`] | which endpoints may take traffic? |
-| overload | [`overload::Ladder`] | is breakwater itself short of memory? |
-| heap | [`trim::TrimPolicy`] | has a burst ended, so freed memory can go back? |
+//! | overload | [`overload::Ladder`] | is breakwater itself short of memory? |
+//! | heap | [`trim::TrimPolicy`] | has a burst ended, so freed memory can go back? |
 //!
 //! The one idea: **the data plane reads the clock once per request and passes
 //! `now` down.** Every policy takes `now: tokio::time::Instant` as an argument

@@ -15,7 +15,7 @@
 //!   supervisor's try counts;
 //! - the access log and request metrics ([`Completion`]).
 //!
-//! They are typed fields of one boxed [`Tail`], attached by the layers
+//! They are typed fields of one boxed `Tail`, attached by the layers
 //! that own them, so a request costs one allocation for all of them (plus
 //! the log's closure), and each fires exactly once.
 //!

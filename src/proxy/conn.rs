@@ -10,7 +10,7 @@
 //! the connection's whole life — about 18 KiB per idle keep-alive
 //! connection, measured on a bare hyper server — so 10 000 idle clients
 //! would cost ~180 MiB (SPEC §10 allows 64). When the last request in
-//! flight ends and nothing follows for [`PARK_AFTER`], the loop asks hyper
+//! flight ends and nothing follows for `PARK_AFTER`, the loop asks hyper
 //! to finish its session, keeps the socket
 //! open (the guard turns hyper's shutdown into a flush), and drops the
 //! session with its buffers. A parked connection holds only the socket, the

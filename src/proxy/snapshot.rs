@@ -417,6 +417,9 @@ upstreams:
         backoff.base = Duration::from_millis(500);
         backoff.max = Duration::from_millis(10);
         let error = build(config).err().expect("the build must fail");
-        assert!(error.0[0].starts_with("route main: retry.backoff"), "{error}");
+        assert!(
+            error.0[0].starts_with("route main: retry.backoff"),
+            "{error}"
+        );
     }
 }

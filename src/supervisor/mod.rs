@@ -19,7 +19,7 @@
 //! failover — and never the other way round: traffic never waits on the
 //! supervisor. It reads the live snapshot for the triggers that watch
 //! traffic (breakers, endpoint health) and follows its own config section
-//! on reload ([`Supervisor::reconfigure`]): new settings apply at once, a
+//! on reload (`Supervisor::reconfigure`): new settings apply at once, a
 //! changed process spec restarts the child with it. [`Supervisors`] holds
 //! the running one for the admin port and the reload path.
 
