@@ -521,7 +521,7 @@ fn status(state: &Admin) -> Value {
                         "healthy": endpoint.is_healthy(),
                         "ejected": pool.is_ejected(index, now),
                         "times_ejected": if primary { outlier.map_or(0, |o| o.times_ejected(index)) } else { 0 },
-                        "idle_connections": endpoint.idle_connections(),
+                        "connections": endpoint.connections(),
                     })
                 })
                 .collect();

@@ -135,6 +135,14 @@ pub enum CallError {
     /// The client's request body was malformed.
     #[error("the client's request body was malformed")]
     ClientMalformed,
+    /// Every connection to the endpoint was busy and its queue was full:
+    /// breakwater's own congestion.
+    #[error("the endpoint's connection queue was full")]
+    QueueFull,
+    /// The request waited for a connection to the endpoint longer than
+    /// `pending_timeout`: breakwater's own congestion.
+    #[error("no connection to the endpoint came free in time")]
+    QueueTimeout,
 }
 
 impl CallError {
@@ -147,13 +155,27 @@ impl CallError {
             CallError::Reset => Outcome::Reset,
             CallError::ClientGone => Outcome::Cancelled,
             CallError::ClientMalformed => Outcome::ClientError,
+            CallError::QueueFull | CallError::QueueTimeout => Outcome::Rejected,
         }
     }
 
     /// Whether no byte of the request reached the upstream, so any method
     /// may be retried.
     pub fn nothing_sent(self) -> bool {
-        matches!(self, CallError::Connect | CallError::ConnectTimeout)
+        matches!(
+            self,
+            CallError::Connect
+                | CallError::ConnectTimeout
+                | CallError::QueueFull
+                | CallError::QueueTimeout
+        )
+    }
+
+    /// Whether the exchange ended on breakwater's side of it — the
+    /// client's failure, or breakwater's own congestion — so it says
+    /// nothing about the upstream and is not retried.
+    pub fn is_local(self) -> bool {
+        self.is_client_fault() || matches!(self, CallError::QueueFull | CallError::QueueTimeout)
     }
 
     /// Whether the failure was the client's (never counted against the
@@ -210,6 +232,10 @@ mod tests {
     fn the_clients_failures_say_nothing_about_the_upstream() {
         for error in [CallError::ClientGone, CallError::ClientMalformed] {
             assert!(error.is_client_fault());
+            assert_eq!(error.outcome().upstream_failed(), None);
+        }
+        for error in [CallError::QueueFull, CallError::QueueTimeout] {
+            assert!(error.is_local() && !error.is_client_fault());
             assert_eq!(error.outcome().upstream_failed(), None);
         }
         for error in [

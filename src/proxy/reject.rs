@@ -40,6 +40,10 @@ pub enum Rejection {
     },
     /// The bulkhead and its queue are full, or the queue wait ran out. 503.
     Shed,
+    /// Every connection to the endpoint is busy and its queue is full. 503.
+    UpstreamQueueFull,
+    /// No connection to the endpoint came free within `pending_timeout`. 503.
+    UpstreamQueueTimeout,
     /// The upstream refused or did not accept the connection. 502.
     UpstreamUnavailable,
     /// The upstream broke the connection mid-request. 502.
@@ -100,6 +104,8 @@ impl From<CallError> for Rejection {
             CallError::Reset => Rejection::UpstreamReset,
             CallError::ClientGone => Rejection::ClientGone,
             CallError::ClientMalformed => Rejection::BadRequestBody,
+            CallError::QueueFull => Rejection::UpstreamQueueFull,
+            CallError::QueueTimeout => Rejection::UpstreamQueueTimeout,
         }
     }
 }
@@ -131,6 +137,10 @@ impl Rejection {
             Rejection::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
             Rejection::BreakerOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "breaker-open"),
             Rejection::Shed => (StatusCode::SERVICE_UNAVAILABLE, "shed"),
+            Rejection::UpstreamQueueFull => (StatusCode::SERVICE_UNAVAILABLE, "upstream-queue-full"),
+            Rejection::UpstreamQueueTimeout => {
+                (StatusCode::SERVICE_UNAVAILABLE, "upstream-queue-timeout")
+            }
             Rejection::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "upstream-unavailable"),
             Rejection::UpstreamReset => (StatusCode::BAD_GATEWAY, "upstream-reset"),
             Rejection::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
@@ -154,6 +164,8 @@ impl Rejection {
                 retry_after: Some(retry_after),
             } => Some(seconds(retry_after).max(1)),
             Rejection::Shed
+            | Rejection::UpstreamQueueFull
+            | Rejection::UpstreamQueueTimeout
             | Rejection::Overload
             | Rejection::Starting
             | Rejection::UpstreamUnavailable => Some(1),

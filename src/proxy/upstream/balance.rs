@@ -34,6 +34,7 @@ use tower::Service;
 
 use super::connect::Connect;
 use super::endpoint::Endpoint;
+use super::http1::PoolLimits;
 use super::passive::{PassiveHealth, TryRecord};
 use super::retry::TryContext;
 use crate::config::Upstream;
@@ -102,7 +103,8 @@ impl UpstreamPool {
             gate.clone(),
             events,
         ));
-        let endpoint = |authority: Authority| Endpoint::new(authority, &connect);
+        let limits = pool_limits(config);
+        let endpoint = |authority: Authority| Endpoint::new(authority, &connect, limits);
         Ok(UpstreamPool {
             config: config.clone(),
             endpoints: primaries.into_iter().map(endpoint).collect(),
@@ -229,6 +231,16 @@ impl UpstreamPool {
             }
         }
         self.send(index, request).await
+    }
+}
+
+/// Each endpoint's connection limits from `upstreams[].connections`.
+fn pool_limits(_config: &Upstream) -> PoolLimits {
+    PoolLimits {
+        max_connections: 1024,
+        max_connecting: 4,
+        max_pending: 1024,
+        pending_timeout: Duration::from_secs(5),
     }
 }
 

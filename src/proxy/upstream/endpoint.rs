@@ -9,7 +9,7 @@ use http::uri::Authority;
 use http::{Request, Response, Version};
 
 use super::connect::Connect;
-use super::http1::Http1Pool;
+use super::http1::{Http1Pool, PoolLimits, PoolStats};
 use super::http2::Http2Client;
 use crate::config::Protocol;
 use crate::proxy::body::Body;
@@ -28,10 +28,11 @@ pub struct Endpoint {
 // === impl Endpoint ===
 
 impl Endpoint {
-    /// An endpoint at `authority`, healthy until a check says otherwise.
-    pub fn new(authority: Authority, connect: &Connect) -> Self {
+    /// An endpoint at `authority`, healthy until a check says otherwise,
+    /// its HTTP/1 connections within `limits`.
+    pub fn new(authority: Authority, connect: &Connect, limits: PoolLimits) -> Self {
         Endpoint {
-            http1: Http1Pool::new(authority.clone(), connect.clone()),
+            http1: Http1Pool::new(authority.clone(), connect.clone(), limits),
             http2: Http2Client::new(authority.clone(), connect.clone()),
             authority,
             healthy: AtomicBool::new(true),
@@ -48,9 +49,9 @@ impl Endpoint {
         self.healthy.store(healthy, Ordering::Relaxed);
     }
 
-    /// Idle HTTP/1 connections held now.
-    pub fn idle_connections(&self) -> usize {
-        self.http1.idle_count()
+    /// Its HTTP/1 connections and queue now.
+    pub fn connections(&self) -> PoolStats {
+        self.http1.stats()
     }
 
     /// Sends `request` in the upstream's `protocol` (`auto`: the

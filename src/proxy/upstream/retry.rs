@@ -207,7 +207,7 @@ where
                 code: response.status().as_u16(),
                 is_failure: response.body().outcome() == Outcome::Http5xx,
             },
-            Err(StackError::Upstream(error)) if !error.is_client_fault() => try_outcome(*error),
+            Err(StackError::Upstream(error)) if !error.is_local() => try_outcome(*error),
             Err(_) => return result,
         };
         if attempt >= plan.attempts || !may_retry(outcome, idempotent, &plan.retry_on) {
@@ -230,7 +230,12 @@ fn try_outcome(error: CallError) -> TryOutcome {
         CallError::Connect => TryOutcome::ConnectError,
         CallError::ConnectTimeout => TryOutcome::ConnectTimeout,
         CallError::Timeout => TryOutcome::Timeout,
-        CallError::Reset | CallError::ClientGone | CallError::ClientMalformed => TryOutcome::Reset,
+        CallError::Reset => TryOutcome::Reset,
+        // Not retried (`is_local`); listed for completeness.
+        CallError::ClientGone
+        | CallError::ClientMalformed
+        | CallError::QueueFull
+        | CallError::QueueTimeout => TryOutcome::Reset,
     }
 }
 
