@@ -16,6 +16,7 @@ use super::policy::{
     self, Bulkhead, CircuitBreaker, HealthCheck, OutlierDetection, RateLimit, Retry, Toggle,
 };
 use super::yaml::Node;
+use crate::events::{Severity, WebhookFormat};
 
 fn ser_opt_duration<S: serde::Serializer>(
     duration: &Option<Duration>,
@@ -61,17 +62,26 @@ pub struct Webhook {
     /// `http://host:port/path`. Never printed: a Slack URL is a secret.
     pub url: Secret,
     /// `json` (the event) or `slack` (`{"text": …}`). Default json.
-    pub format: String,
+    #[serde(serialize_with = "ser_format")]
+    pub format: WebhookFormat,
     /// `info`, `warning` (default) or `critical`.
-    pub min_severity: String,
+    pub min_severity: Severity,
+}
+
+fn ser_format<S: serde::Serializer>(
+    format: &WebhookFormat,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(match format {
+        WebhookFormat::Json => "json",
+        WebhookFormat::Slack => "slack",
+    })
 }
 
 impl Webhook {
     /// The events module's validated webhook, if this one is valid.
     pub fn to_config(&self) -> Option<crate::events::WebhookConfig> {
-        let format = crate::events::WebhookFormat::from_name(&self.format)?;
-        let severity = crate::events::Severity::from_name(&self.min_severity)?;
-        crate::events::WebhookConfig::new(self.url.0.clone(), format, severity).ok()
+        crate::events::WebhookConfig::new(self.url.0.clone(), self.format, self.min_severity).ok()
     }
 }
 
@@ -79,22 +89,31 @@ impl Decode for Webhook {
     fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
         let mut fields = Fields::new(cx, node)?;
         let url: Option<String> = fields.req(cx, "url");
-        let format: String = fields.or(cx, "format", "json".to_owned());
-        if crate::events::WebhookFormat::from_name(&format).is_none() {
-            cx.error_at(
-                "format",
-                fields.key_line("format"),
-                format!("expected json or slack, found {format:?}"),
-            );
-        }
-        let min_severity: String = fields.or(cx, "min_severity", "warning".to_owned());
-        if crate::events::Severity::from_name(&min_severity).is_none() {
-            cx.error_at(
-                "min_severity",
-                fields.key_line("min_severity"),
-                format!("expected info, warning or critical, found {min_severity:?}"),
-            );
-        }
+        let format = fields
+            .opt_with(cx, "format", |cx, node| {
+                one_of(
+                    cx,
+                    node,
+                    &[
+                        ("json", WebhookFormat::Json),
+                        ("slack", WebhookFormat::Slack),
+                    ],
+                )
+            })
+            .unwrap_or(WebhookFormat::Json);
+        let min_severity = fields
+            .opt_with(cx, "min_severity", |cx, node| {
+                one_of(
+                    cx,
+                    node,
+                    &[
+                        ("info", Severity::Info),
+                        ("warning", Severity::Warning),
+                        ("critical", Severity::Critical),
+                    ],
+                )
+            })
+            .unwrap_or(Severity::Warning);
         if let Some(url) = &url {
             if let Err(error) = crate::events::WebhookConfig::new(
                 url.clone(),
@@ -419,8 +438,8 @@ pub enum Protocol {
 }
 
 pub use super::supervisor::{
-    CrashLoop, ErrorRate, Failback, LogPattern, Process, Recovery, RestartBackoff, Supervisor,
-    Triggers,
+    CrashLoop, ErrorRate, Failback, LogPattern, Process, Recovery, RecoveryAction, RestartBackoff,
+    RestartPolicy, Signal, Supervisor, Triggers,
 };
 
 // === impl Decode ===

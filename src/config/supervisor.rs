@@ -7,8 +7,101 @@ use serde::Serialize;
 
 use super::decode::{one_of, parse_with, ser_duration, ByteSize, Cx, Decode, Fields};
 use super::yaml::{Node, Value};
-use crate::supervisor::ladder::Action;
-use crate::supervisor::restart::RestartPolicy;
+
+/// `supervisor.process.restart`: when an exit is followed by a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Restart on any exit.
+    Always,
+    /// Restart unless it exited with status 0.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+/// One rung of `supervisor.recovery.ladder`, and what a log pattern does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryAction {
+    /// Restart the supervised process.
+    Restart,
+    /// Send traffic to the backup endpoints.
+    Failover,
+    /// Run the configured command.
+    Exec,
+    /// Give up and call for a human.
+    Escalate,
+}
+
+impl RecoveryAction {
+    /// Label for config, metrics and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryAction::Restart => "restart",
+            RecoveryAction::Failover => "failover",
+            RecoveryAction::Exec => "exec",
+            RecoveryAction::Escalate => "escalate",
+        }
+    }
+}
+
+type Action = RecoveryAction;
+
+/// `supervisor.process.stop_signal`: a signal by name or number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signal(i32);
+
+/// The signals config knows by name.
+const SIGNALS: [(&str, i32); 7] = [
+    ("TERM", libc::SIGTERM),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("HUP", libc::SIGHUP),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+];
+
+impl Signal {
+    /// SIGTERM, the default stop signal.
+    pub const TERM: Signal = Signal(libc::SIGTERM);
+
+    /// Parses `SIGTERM`, `TERM` or `15`.
+    pub fn parse(text: &str) -> Result<Signal, String> {
+        let name = text.trim();
+        let name = name.strip_prefix("SIG").unwrap_or(name);
+        if let Some((_, number)) = SIGNALS.iter().find(|(known, _)| *known == name) {
+            return Ok(Signal(*number));
+        }
+        match name.parse::<i32>() {
+            Ok(number) if (1..=64).contains(&number) => Ok(Signal(number)),
+            _ => Err(format!(
+                "expected a signal like SIGTERM, TERM or 15, found {text:?}"
+            )),
+        }
+    }
+
+    /// The signal number, for `kill(2)`.
+    pub fn number(self) -> i32 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match SIGNALS.iter().find(|(_, number)| *number == self.0) {
+            Some((name, _)) => write!(f, "SIG{name}"),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl Serialize for Signal {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
 
 /// `supervisor:`
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -261,7 +354,7 @@ pub struct Process {
     /// `always`, `on-failure` (default) or `never`.
     pub restart: RestartPolicy,
     /// Signal that asks it to stop. Default SIGTERM.
-    pub stop_signal: String,
+    pub stop_signal: Signal,
     /// Time between the stop signal and SIGKILL. Default 10s.
     #[serde(serialize_with = "ser_duration")]
     pub stop_grace: Duration,
@@ -324,7 +417,7 @@ impl Process {
             env: Vec::new(),
             cwd: None,
             restart: RestartPolicy::OnFailure,
-            stop_signal: "SIGTERM".to_owned(),
+            stop_signal: Signal::TERM,
             stop_grace: Duration::from_secs(10),
             backoff: RestartBackoff {
                 initial: Duration::from_millis(250),
@@ -472,9 +565,7 @@ impl Decode for Process {
             .unwrap_or(defaults.restart);
         let stop_signal = fields
             .opt_with(cx, "stop_signal", |cx, node| {
-                parse_with(cx, node, "a signal like SIGTERM", |text| {
-                    crate::supervisor::process::parse_signal(text).map(|_| text.to_owned())
-                })
+                parse_with(cx, node, "a signal like SIGTERM", Signal::parse)
             })
             .unwrap_or(defaults.stop_signal);
         let stop_grace = fields.or(cx, "stop_grace", defaults.stop_grace);

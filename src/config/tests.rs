@@ -329,3 +329,17 @@ fn policy_values_are_range_checked_all_at_once() {
         "{error}"
     );
 }
+
+#[test]
+fn signals_parse() {
+    assert_eq!(
+        Signal::parse("SIGTERM").map(Signal::number),
+        Ok(libc::SIGTERM)
+    );
+    assert_eq!(Signal::parse("INT").map(Signal::number), Ok(libc::SIGINT));
+    assert_eq!(Signal::parse("9").map(Signal::number), Ok(9));
+    assert!(Signal::parse("SIGNOPE").is_err());
+    assert!(Signal::parse("0").is_err());
+    assert_eq!(Signal::parse("15").unwrap().to_string(), "SIGTERM");
+    assert_eq!(Signal::parse("TERM").unwrap().to_string(), "SIGTERM");
+}

@@ -289,7 +289,7 @@ impl Task {
             max_restarts: self.process.crash_loop.max_restarts,
             window: self.process.crash_loop.window,
         };
-        let stop_signal = process::parse_signal(&self.process.stop_signal).unwrap_or(libc::SIGTERM);
+        let stop_signal = self.process.stop_signal.number();
         let mut tracker = RestartTracker::new(settings);
         let mut ladder = Ladder::new(LadderConfig {
             ladder: self.recovery.ladder.clone(),
