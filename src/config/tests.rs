@@ -81,7 +81,10 @@ upstreams:
     expect("listeners[0].routes[1].match.path_prefix", 12);
     expect("upstreams[0].endpoints[0]", 16);
     expect("upstreams[0].protocol", 17);
-    assert!(error.to_string().contains("test.yaml: 5 errors"), "{error}");
+    // The cross-section check runs too: route 0 still decoded (its bad
+    // timeout kept the default), and its upstream does not exist.
+    expect("listeners[0].routes[0].upstream", 9);
+    assert!(error.to_string().contains("test.yaml: 6 errors"), "{error}");
 }
 
 #[test]
@@ -342,4 +345,356 @@ fn signals_parse() {
     assert!(Signal::parse("0").is_err());
     assert_eq!(Signal::parse("15").unwrap().to_string(), "SIGTERM");
     assert_eq!(Signal::parse("TERM").unwrap().to_string(), "SIGTERM");
+}
+
+#[test]
+fn decoding_and_cross_section_errors_in_one_run() {
+    let text = "\
+listeners:
+  - name: inbound
+    listen: 127.0.0.1:15006
+    colour: blue
+    routes:
+      - name: all
+        upstream: nowhere
+upstreams:
+  - name: app
+    endpoints: [127.0.0.1:8080]
+";
+    let error = load(text).unwrap_err();
+    let rendered = error.to_string();
+    assert!(rendered.contains("test.yaml: 2 errors"), "{rendered}");
+    assert!(
+        rendered.contains("line 4: listeners[0].colour: unknown key; expected one of: name,"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(
+            "line 7: listeners[0].routes[0].upstream: no upstream named \"nowhere\"; defined: app"
+        ),
+        "{rendered}"
+    );
+}
+
+#[test]
+fn no_follow_on_errors_from_what_failed_to_decode() {
+    // The upstream `app` fails (bad timeout... no: no endpoints key), the
+    // first route fails (no name): neither the route naming `app` nor the
+    // listener whose only good route is left gets a second complaint.
+    let text = "\
+listeners:
+  - name: inbound
+    listen: 127.0.0.1:15006
+    routes:
+      - upstream: app
+      - name: ok
+        upstream: app
+  - name: other
+    listen: 127.0.0.1:15007
+    routes:
+      - upstream: app
+upstreams:
+  - name: app
+    protocol: http1
+  - name: spare
+    endpoints: [127.0.0.1:8081]
+supervisor:
+  upstream: [not, a, name]
+";
+    let error = load(text).unwrap_err();
+    let paths: Vec<(&str, Option<usize>)> = error
+        .issues
+        .iter()
+        .map(|issue| (issue.path.as_str(), issue.line))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("listeners[0].routes[0].name", Some(5)),
+            ("listeners[1].routes[0].name", Some(11)),
+            ("upstreams[0].endpoints", Some(13)),
+            ("supervisor.upstream", Some(18)),
+        ],
+        "{error}"
+    );
+}
+
+#[test]
+fn indices_of_later_items_stay_those_of_the_file() {
+    // listeners[0] fails; the duplicate route name is in listeners[1] of
+    // the file, even though it is the first listener decoded.
+    let text = "\
+listeners:
+  - name: broken
+    routes: [{name: x, upstream: app}]
+  - name: inbound
+    listen: 127.0.0.1:15006
+    routes:
+      - {name: dup, upstream: app}
+      - {name: dup, upstream: app}
+upstreams: [{name: app, endpoints: [127.0.0.1:8080]}]
+";
+    let error = load(text).unwrap_err().to_string();
+    assert!(
+        error.contains("listeners[0]: required key is missing")
+            || error.contains("listeners[0].listen: required key is missing"),
+        "{error}"
+    );
+    assert!(
+        error.contains("line 8: listeners[1].routes[1].name: duplicate route name \"dup\""),
+        "{error}"
+    );
+}
+
+#[test]
+fn flag_errors_name_the_flag() {
+    let overrides = Overrides {
+        admin: Some("10.255.255.1:15400".parse().unwrap()),
+        threads: Some(0),
+        ..Overrides::default()
+    };
+    let error = load_str(DEFAULT_CONFIG, "<embedded default>", &overrides).unwrap_err();
+    let rendered = error.to_string();
+    assert!(
+        rendered.contains("\n  --admin 10.255.255.1:15400: admin address 10.255.255.1:15400 is not loopback: set admin.token"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("\n  --threads 0: must be between 1 and 1024"),
+        "{rendered}"
+    );
+    assert!(error.issues.iter().all(|issue| issue.line.is_none()));
+    assert!(!rendered.contains("line 4"), "{rendered}");
+
+    let two = format!("{MINIMAL}  - name: second\n    endpoints: [127.0.0.1:8081]\n",);
+    let overrides = Overrides {
+        upstream: Some("127.0.0.1:9000".to_owned()),
+        ..Overrides::default()
+    };
+    let error = load_str(&two, "t", &overrides).unwrap_err().to_string();
+    assert!(
+        error.contains("--upstream 127.0.0.1:9000: needs a config with exactly one upstream"),
+        "{error}"
+    );
+
+    // A flag's value collides with the file: the flag is named.
+    let overrides = Overrides {
+        listen: Some("127.0.0.1:15000".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let error = load_str(MINIMAL, "t", &overrides).unwrap_err().to_string();
+    assert!(
+        error.contains("--listen 127.0.0.1:15000: address 127.0.0.1:15000 is already used"),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_command_flag_supervises_with_every_default() {
+    let overrides = Overrides {
+        command: vec!["./app".to_owned(), "--port".to_owned(), "8080".to_owned()],
+        ..Overrides::default()
+    };
+    let config = load_str(MINIMAL, "t", &overrides).unwrap();
+    let process = config.supervisor.process.unwrap();
+    assert_eq!(process.command, "./app");
+    assert_eq!(process.args, ["--port", "8080"]);
+    assert_eq!(process.restart, RestartPolicy::OnFailure);
+    assert_eq!(process.stop_signal, Signal::TERM);
+    assert_eq!(process.backoff, RestartBackoff::default());
+    assert_eq!(
+        Process::from_command(&["./app".to_owned()]).map(|p| p.stop_grace),
+        Some(Duration::from_secs(10))
+    );
+}
+
+#[test]
+fn listener_limits_override_the_global_ones_key_by_key() {
+    let text = "\
+limits:
+  max_headers: 50
+  idle: 5s
+  h2: {max_concurrent_streams: 10}
+listeners:
+  - name: a
+    listen: 127.0.0.1:15006
+    limits: {max_connections: 7, h2: {}}
+    routes: [{name: r1, upstream: app}]
+  - name: b
+    listen: 127.0.0.1:15007
+    routes: [{name: r2, upstream: app}]
+upstreams: [{name: app, endpoints: [127.0.0.1:8080]}]
+";
+    let config = load(text).unwrap();
+    let a = &config.listeners[0].limits;
+    assert_eq!(a.max_connections, 7);
+    assert_eq!(a.max_headers, 50, "absent keys keep the global value");
+    assert_eq!(a.idle, Duration::from_secs(5));
+    assert_eq!(a.h2.max_concurrent_streams, 10);
+    assert_eq!(a.max_header_bytes, Limits::default().max_header_bytes);
+    assert_eq!(config.listeners[1].limits, config.limits);
+    assert_eq!(config.limits.max_headers, 50);
+}
+
+#[test]
+fn declared_defaults_are_what_an_empty_section_reads_as() {
+    let text = "\
+listeners:
+  - name: inbound
+    listen: 127.0.0.1:15006
+    routes:
+      - name: all
+        upstream: app
+        circuit_breaker: true
+        bulkhead: {}
+        retry: {}
+        timeouts: {}
+upstreams:
+  - name: app
+    endpoints: [127.0.0.1:8080]
+    outlier_detection: {}
+supervisor: {triggers: {}, recovery: {}, failback: {}}
+limits: {}
+overload: {}
+runtime: {}
+admin:
+";
+    let config = load(text).unwrap();
+    let route = &config.listeners[0].routes[0];
+    assert_eq!(route.circuit_breaker, Toggle::On(CircuitBreaker::default()));
+    assert_eq!(route.bulkhead, Toggle::On(Bulkhead::default()));
+    assert_eq!(route.retry, Retry::default());
+    assert_eq!(route.timeouts, RouteTimeouts::default());
+    assert_eq!(
+        config.upstreams[0].outlier_detection,
+        Toggle::On(OutlierDetection::default())
+    );
+    assert_eq!(config.supervisor, Supervisor::default());
+    assert_eq!(config.limits, Limits::default());
+    assert_eq!(config.overload, Overload::default());
+    assert_eq!(config.runtime, Runtime::default());
+    assert_eq!(config.admin, Admin::default());
+    // And they are the SPEC's.
+    let breaker = CircuitBreaker::default();
+    assert_eq!(
+        (breaker.consecutive_failures, breaker.minimum_calls),
+        (5, 20)
+    );
+    assert_eq!(breaker.window, BreakerWindow::Count(100));
+    assert_eq!(Bulkhead::default().max_concurrent, 1024);
+    assert_eq!(Limits::default().max_header_bytes, ByteSize(60 << 10));
+}
+
+const EVERYTHING: &str = "\
+runtime: {threads: 3}
+admin: {listen: 127.0.0.1:15100}
+limits: {max_body_bytes: 1MiB, h2: {max_concurrent_streams: 50}}
+overload: {memory: 128MiB}
+listeners:
+  - name: inbound
+    listen: 127.0.0.1:15006
+    trust_forwarded: true
+    limits: {max_headers: 20}
+    routes:
+      - name: api
+        match: {host: API.example, path_exact: /v1, methods: [GET], headers: {X-B: '2', x-a: '1'}}
+        upstream: app
+        rate_limit: {rps: 2.5}
+        circuit_breaker: {window: {type: time, size: 10s}, slow_call_rate: 0.5}
+        bulkhead: {max_concurrent: 10}
+        retry: {attempts: 2, retry_on: [reset, 503], backoff: {base: 1s}}
+upstreams:
+  - name: app
+    endpoints: [127.0.0.1:8080, localhost:8081]
+    backup: [127.0.0.1:9090]
+    protocol: auto
+    outlier_detection: false
+    health_check: {exec: [check, '{endpoint}'], interval: 5s}
+  - name: tcp
+    endpoints: [127.0.0.1:8082]
+    health_check: {tcp: {}}
+supervisor:
+  upstream: app
+  process:
+    command: ./svc
+    args: [--port, '8080']
+    env: {B: two, A: one}
+    cwd: /tmp
+    restart: always
+    stop_signal: '2'
+    backoff: {initial: 1m}
+    crash_loop: {max_restarts: 2, window: 10s}
+    memory_limit: 1GiB
+    log_patterns: [{regex: 'panic(ked)?', action: failover}, {regex: oom}]
+  triggers: {error_rate: {threshold: 0.25}}
+  recovery: {ladder: [exec, escalate], exec: [page, me]}
+alerts:
+  webhooks: []
+";
+
+#[test]
+fn effective_config_of_every_kind_of_value_round_trips() {
+    let config = load(EVERYTHING).unwrap();
+    let route = &config.listeners[0].routes[0];
+    assert_eq!(route.matcher.host.as_deref(), Some("api.example"));
+    assert_eq!(
+        route.matcher.headers,
+        [
+            ("x-b".to_owned(), "2".to_owned()),
+            ("x-a".to_owned(), "1".to_owned())
+        ]
+    );
+    assert_eq!(route.rate_limit.as_ref().map(|limit| limit.burst), Some(3));
+    assert_eq!(route.bulkhead.on().map(|b| b.max_queue), Some(0));
+    assert_eq!(route.retry.backoff.max, Duration::from_secs(1));
+    let process = config.supervisor.process.as_ref().unwrap();
+    assert_eq!(process.stop_signal.number(), libc::SIGINT);
+    assert_eq!(process.backoff.max, Duration::from_secs(60));
+    assert_eq!(process.env[0], ("B".to_owned(), "two".to_owned()));
+    assert_eq!(process.log_patterns[1].action, RecoveryAction::Restart);
+    assert!(process.log_patterns[0]
+        .regex()
+        .unwrap()
+        .is_match("panicked"));
+    assert_eq!(
+        config.listeners[0].limits.max_body_bytes,
+        Some(ByteSize(1 << 20))
+    );
+
+    let printed = config.to_yaml();
+    let again = load(&printed).unwrap_or_else(|error| panic!("{error}\n{printed}"));
+    assert_eq!(again, config, "{printed}");
+    assert!(printed.contains("stop_signal: \"SIGINT\""), "{printed}");
+}
+
+#[test]
+fn reference_config_round_trips() {
+    let config = load_str(
+        include_str!("../../config/breakwater.yaml"),
+        "breakwater.yaml",
+        &Overrides::default(),
+    )
+    .unwrap();
+    let printed = config.to_yaml();
+    assert_eq!(
+        load(&printed).unwrap_or_else(|error| panic!("{error}\n{printed}")),
+        config
+    );
+}
+
+#[test]
+fn toggles_and_word_sets_say_what_they_accept() {
+    let text = MINIMAL.replace(
+        "        upstream: app\n",
+        "        upstream: app\n        bulkhead: sometimes\n        circuit_breaker: {window: {type: sliding}}\n",
+    );
+    let error = load(&text).unwrap_err().to_string();
+    assert!(
+        error.contains("bulkhead: expected true, false or a mapping, found \"sometimes\""),
+        "{error}"
+    );
+    assert!(
+        error.contains("window.type: expected one of count, time, found \"sliding\""),
+        "{error}"
+    );
 }

@@ -44,15 +44,17 @@ upstreams:
         "line 3: admin.tokn: unknown key",
         "line 10: listeners[0].routes[0].timeouts.request:",
         "line 14: upstreams[0].connect_timeout:",
+        // Cross-section checks run in the same pass.
+        "line 9: listeners[0].routes[0].upstream: no upstream named \"missing\"",
     ] {
         assert!(
             errors.contains(expected),
             "missing {expected:?} in:\n{errors}"
         );
     }
-    assert!(errors.contains("3 errors"), "{errors}");
+    assert!(errors.contains("4 errors"), "{errors}");
 
-    // Once those are fixed, the dangling reference is reported too.
+    // On its own, the dangling reference is reported the same way.
     let (ok, _, errors) = check(
         "listeners:
   - name: inbound
