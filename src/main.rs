@@ -27,7 +27,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(args),
         Command::Schema => {
             let schema = serde_json::to_string_pretty(&config::schema())?;
-            println!("{schema}");
+            print_out(&format!("{schema}\n"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
@@ -57,7 +57,10 @@ fn check(args: CheckArgs) -> ExitCode {
     };
     match loaded {
         Ok(config) => {
-            print!("{}", config.to_yaml());
+            if let Err(error) = print_out(&config.to_yaml()) {
+                eprintln!("breakwater: {error:#}");
+                return ExitCode::FAILURE;
+            }
             eprintln!("{source}: ok");
             ExitCode::SUCCESS
         }
@@ -65,6 +68,22 @@ fn check(args: CheckArgs) -> ExitCode {
             eprintln!("{error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes `text` to stdout. A reader that went away (`| head`) is not an
+/// error: it has what it wanted.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("cannot write to stdout")
+        }
+        _ => Ok(()),
     }
 }
 

@@ -154,7 +154,11 @@ pub fn key_schema<T: ConfigValue>(
             }
             None => {
                 map.insert("description".to_owned(), Json::from(doc));
-                if let Some(default) = default.map(T::to_json).filter(|json| !json.is_null()) {
+                // A section's default is its keys' defaults, given on each.
+                let default = default
+                    .map(T::to_json)
+                    .filter(|json| !json.is_null() && !json.is_object());
+                if let Some(default) = default {
                     map.insert("default".to_owned(), default);
                 }
             }

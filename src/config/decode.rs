@@ -417,7 +417,12 @@ macro_rules! whole_numbers {
                 Json::from(*self)
             }
             fn schema() -> Json {
-                json!({"type": "integer", "minimum": 0, "maximum": <$ty>::MAX})
+                let mut schema = json!({"type": "integer", "minimum": 0});
+                // Beyond 2^32 the bound says nothing a reader needs.
+                if u64::try_from(<$ty>::MAX).is_ok_and(|max| max <= u64::from(u32::MAX)) {
+                    schema["maximum"] = json!(<$ty>::MAX);
+                }
+                schema
             }
             fn type_name() -> String {
                 "integer".to_owned()

@@ -698,3 +698,103 @@ fn toggles_and_word_sets_say_what_they_accept() {
         "{error}"
     );
 }
+
+/// Every way `text` breaks `breakwater schema`, as "path: error".
+fn schema_errors(text: &str) -> Vec<String> {
+    let validator = jsonschema::draft7::new(&schema()).unwrap();
+    let tree = yaml::parse(text, &|_| None).unwrap();
+    let instance = tree.to_json();
+    validator
+        .iter_errors(&instance)
+        .map(|error| format!("{}: {error}", error.instance_path()))
+        .collect()
+}
+
+#[test]
+fn schema_accepts_the_shipped_configs() {
+    for (name, text) in [
+        (
+            "config/breakwater.yaml",
+            include_str!("../../config/breakwater.yaml"),
+        ),
+        ("config/demo.yaml", include_str!("../../config/demo.yaml")),
+        ("src/config/default.yaml", DEFAULT_CONFIG),
+        ("EVERYTHING", EVERYTHING),
+        ("WITH_POLICIES", WITH_POLICIES),
+        ("MINIMAL", MINIMAL),
+    ] {
+        assert_eq!(schema_errors(text), Vec::<String>::new(), "{name}");
+    }
+}
+
+#[test]
+fn schema_rejects_what_the_loader_rejects() {
+    for (what, text) in [
+        (
+            "an unknown key",
+            MINIMAL.replace("    endpoints:", "    endpoint: [x:1]\n    endpoints:"),
+        ),
+        (
+            "a key of a later part",
+            MINIMAL.replace(
+                "        upstream: app\n",
+                "        upstream: app\n        fallback: {status: 503}\n",
+            ),
+        ),
+        (
+            "a wrong type",
+            format!("{MINIMAL}limits: {{max_headers: lots}}\n"),
+        ),
+        ("a list for a mapping", format!("{MINIMAL}runtime: [1]\n")),
+        (
+            "a bad duration",
+            format!("{MINIMAL}supervisor: {{drain_timeout: 5}}\n"),
+        ),
+        (
+            "a bad word",
+            format!("{MINIMAL}alerts: {{webhooks: [{{url: 'http://a:1/', format: xml}}]}}\n"),
+        ),
+        (
+            "out of range",
+            format!("{MINIMAL}runtime: {{threads: 0}}\n"),
+        ),
+        (
+            "a missing required key",
+            MINIMAL.replace("        upstream: app\n", ""),
+        ),
+        (
+            "two probes",
+            format!("{MINIMAL}    health_check: {{tcp: {{}}, exec: [true]}}\n"),
+        ),
+    ] {
+        assert!(load(&text).is_err(), "the loader accepts {what}");
+        assert!(
+            !schema_errors(&text).is_empty(),
+            "the schema accepts {what}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn schema_says_what_the_docs_say() {
+    let schema = schema();
+    let breaker = &schema["properties"]["listeners"]["items"]["properties"]["routes"]["items"]
+        ["properties"]["circuit_breaker"]["anyOf"][1];
+    assert_eq!(breaker["additionalProperties"], false);
+    let failures = &breaker["properties"]["consecutive_failures"];
+    assert_eq!(failures["default"], 5);
+    assert!(failures["description"]
+        .as_str()
+        .unwrap()
+        .starts_with("Failures in a row"));
+    let rate = &breaker["properties"]["failure_rate"];
+    assert_eq!(
+        (rate["exclusiveMinimum"].clone(), rate["maximum"].clone()),
+        (0.into(), 1.into())
+    );
+    let protocol = &schema["properties"]["upstreams"]["items"]["properties"]["protocol"];
+    assert_eq!(
+        protocol["enum"],
+        serde_json::json!(["http1", "http2", "auto"])
+    );
+}
