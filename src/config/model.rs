@@ -106,7 +106,7 @@ pub struct Admin {
 }
 
 section! {
-    /// `admin:` — the operator port (SPEC §6). Mutating calls need the
+    /// `admin:` (SPEC §6) — the operator port. Mutating calls need the
     /// token when one is set; a non-loopback address without a token is
     /// refused.
     pub struct AdminKeys {
@@ -207,9 +207,9 @@ impl Checked for Secret {
 // === limits ===
 
 section! {
-    /// `limits:` — the hostile-input limits (SPEC §11, docs/SECURITY.md).
-    /// Globally, and per listener, where each key written overrides the
-    /// global one.
+    /// `limits:` (SPEC §11) — the hostile-input limits (docs/SECURITY.md
+    /// gives the reason for each). Globally, and per listener, where each
+    /// key written overrides the global one.
     pub struct Limits {
         /// Longest request line. → 414.
         #[check(between(ByteSize(256), ByteSize(64 << 10)))]
@@ -280,8 +280,8 @@ section! {
 }
 
 section! {
-    /// `listeners[].routes[]:` — which requests go where, and the policies
-    /// on the way (SPEC §3).
+    /// `listeners[].routes[]:` (SPEC §3) — which requests go where, and the
+    /// policies on the way.
     pub struct Route {
         /// Unique name across all listeners (a metrics label).
         #[check(plain_name())]
@@ -296,8 +296,10 @@ section! {
         /// A token bucket; none unless set.
         rate_limit: Option<RateLimit> = None,
         /// The circuit breaker: on unless `false`.
+        #[default_text = "on"]
         circuit_breaker: Toggle<CircuitBreaker> = Toggle::On(CircuitBreaker::default()),
         /// The bulkhead: on unless `false`.
+        #[default_text = "on"]
         bulkhead: Toggle<Bulkhead> = Toggle::On(Bulkhead::default()),
         /// Retries (by default one attempt, i.e. none).
         retry: Retry = Retry::default(),
@@ -388,7 +390,7 @@ fn header_fields() -> Check<Vec<(String, String)>> {
 }
 
 section! {
-    /// `routes[].timeouts:` (SPEC §3.3)
+    /// `routes[].timeouts:` (SPEC §3.3) — how long a request may take.
     pub struct RouteTimeouts {
         /// Time until the upstream's response headers, all tries included.
         /// → 504.
@@ -433,6 +435,7 @@ section! {
         #[check(above_zero())]
         connect_timeout: Duration = Duration::from_secs(1),
         /// Passive health from live traffic: on unless `false`.
+        #[default_text = "on"]
         outlier_detection: Toggle<OutlierDetection> = Toggle::On(OutlierDetection::default()),
         /// Active probes of each endpoint; none unless set.
         health_check: Option<HealthCheck> = None,

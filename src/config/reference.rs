@@ -79,7 +79,7 @@ pub fn reference_markdown() -> String {
     let mut out = String::from(INTRO);
     out.push_str("\n## Sections\n\n");
     for section in &sections {
-        let depth = section.path.matches(['.', '[']).count();
+        let depth = section.path.split('.').count() - 1;
         out.push_str(&format!(
             "{}- [{}](#{})\n",
             "  ".repeat(depth.min(4)),
@@ -89,8 +89,11 @@ pub fn reference_markdown() -> String {
     }
     for (index, section) in sections.iter().enumerate() {
         out.push_str(&format!("\n## {}\n\n", heading(&section.path)));
-        out.push_str(&section.doc);
-        out.push_str("\n\n");
+        let doc = prose(&section.doc);
+        if !doc.is_empty() {
+            out.push_str(&doc);
+            out.push_str("\n\n");
+        }
         let same = sections[..index]
             .iter()
             .find(|earlier| earlier.doc == section.doc && same_keys(earlier, section));
@@ -118,6 +121,26 @@ pub fn reference_markdown() -> String {
         }
     }
     out
+}
+
+/// A section's doc without its code-side lead-in: "`bulkhead:` (SPEC
+/// §3.2) — on every route…" reads "On every route…" under its heading.
+fn prose(doc: &str) -> String {
+    let mut rest = doc;
+    if let Some(after) = rest.strip_prefix('`') {
+        rest = after.split_once('`').map_or(rest, |(_, after)| after);
+        rest = rest.trim_start();
+        if rest.starts_with("(SPEC") {
+            rest = rest.split_once(')').map_or(rest, |(_, after)| after);
+        }
+        rest = rest.trim_start();
+        rest = rest.strip_prefix('—').unwrap_or(rest).trim_start();
+    }
+    let mut chars = rest.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 fn same_keys(a: &SectionDoc, b: &SectionDoc) -> bool {

@@ -798,3 +798,46 @@ fn schema_says_what_the_docs_say() {
         serde_json::json!(["http1", "http2", "auto"])
     );
 }
+
+/// `docs/CONFIG.md` is generated from the declarations; this keeps the
+/// checked-in file current. `BREAKWATER_BLESS=1` rewrites it.
+#[test]
+fn config_reference_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/CONFIG.md");
+    let generated = reference_markdown();
+    assert!(
+        !generated.contains("shared/"),
+        "user docs never link the spec"
+    );
+    if std::env::var_os("BREAKWATER_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+        return;
+    }
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        current == generated,
+        "docs/CONFIG.md is stale; regenerate it with:\n  BREAKWATER_BLESS=1 cargo test config_reference_is_current"
+    );
+}
+
+#[test]
+fn config_reference_documents_every_key() {
+    let markdown = reference_markdown();
+    for section in reference() {
+        for key in &section.keys {
+            assert!(
+                markdown.contains(&format!("| `{}` |", key.name)),
+                "{}.{} is not in the reference",
+                section.path,
+                key.name
+            );
+            assert!(
+                !key.doc.is_empty(),
+                "{}.{} has no doc",
+                section.path,
+                key.name
+            );
+        }
+        assert!(!section.doc.is_empty(), "{} has no doc", section.path);
+    }
+}
