@@ -22,7 +22,7 @@ mod declare;
 mod decode;
 mod model;
 pub mod policy;
-mod reference;
+pub(crate) mod reference;
 mod supervisor;
 mod validate;
 pub mod yaml;

@@ -841,3 +841,222 @@ fn config_reference_documents_every_key() {
         assert!(!section.doc.is_empty(), "{} has no doc", section.path);
     }
 }
+
+// === the reference config states the code's defaults ===
+
+/// A key line of the reference config, commented out or not.
+struct RefLine<'t> {
+    number: usize,
+    commented: bool,
+    indent: usize,
+    dash: bool,
+    key: &'t str,
+    value: &'t str,
+    comment: &'t str,
+}
+
+/// Splits `  - key: value  # comment` (or the same behind one `# `).
+fn ref_line(number: usize, raw: &str) -> Option<RefLine<'_>> {
+    let trimmed = raw.trim_start();
+    let (commented, indent, text) = match trimmed.strip_prefix('#') {
+        Some(rest) => {
+            let rest = rest.strip_prefix(' ').unwrap_or(rest);
+            let inner = rest.trim_start();
+            let indent = raw.len() - trimmed.len() + rest.len() - inner.len();
+            (true, indent, inner)
+        }
+        None => (false, raw.len() - trimmed.len(), trimmed),
+    };
+    let (dash, text, indent) = match text.strip_prefix("- ") {
+        Some(rest) => (true, rest, indent + 2),
+        None => (false, text, indent),
+    };
+    let colon = text.find(':')?;
+    let key = &text[..colon];
+    if key.is_empty()
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return None;
+    }
+    let rest = &text[colon + 1..];
+    if !(rest.is_empty() || rest.starts_with(' ')) {
+        return None;
+    }
+    // The comment starts at a `#` after a space, outside quotes.
+    let (mut quote, mut comment_at) = (None, rest.len());
+    let bytes = rest.as_bytes();
+    for (at, &byte) in bytes.iter().enumerate() {
+        match (quote, byte) {
+            (None, b'"' | b'\'') => quote = Some(byte),
+            (Some(open), _) if open == byte => quote = None,
+            (None, b'#') if at == 0 || bytes[at - 1] == b' ' => {
+                comment_at = at;
+                break;
+            }
+            _ => {}
+        }
+    }
+    Some(RefLine {
+        number,
+        commented,
+        indent,
+        dash,
+        key,
+        value: rest[..comment_at].trim(),
+        comment: rest[comment_at..].trim_start_matches('#').trim(),
+    })
+}
+
+/// What a comment says the default is: `(default)` → `Some(None)`, the value
+/// on the line; `(default X)` or `(default: X)` → `Some(Some(X))`.
+fn default_marker(comment: &str) -> Option<Option<&str>> {
+    let at = comment.find("(default")?;
+    let rest = &comment[at + "(default".len()..];
+    let end = rest.rfind(')')?;
+    let stated = rest[..end].trim_start_matches(':').trim();
+    Some((!stated.is_empty()).then_some(stated))
+}
+
+/// JSON equality with numbers compared by value (`2` = `2.0`).
+fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value as J;
+    match (a, b) {
+        (J::Number(a), J::Number(b)) => a.as_f64() == b.as_f64(),
+        (J::Array(a), J::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_json(a, b))
+        }
+        (J::Object(a), J::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(key, a)| b.get(key).is_some_and(|b| same_json(a, b)))
+        }
+        (a, b) => a == b,
+    }
+}
+
+/// `config/breakwater.yaml` says "(default)" after a value that is the
+/// default and "(default X)" where the default is X. Each such statement,
+/// on a live or a commented-out line, must match the declarations; and
+/// each live line of a key with a default must make one, so a default
+/// changed in code and not in the file fails here.
+#[test]
+fn reference_config_states_the_code_defaults() {
+    let text = include_str!("../../config/breakwater.yaml");
+    let sections = reference();
+    let section_paths: Vec<&str> = sections.iter().map(|s| s.path.as_str()).collect();
+    let key_doc = |path: &str| {
+        let (section, key) = path.rsplit_once('.').unwrap_or(("", path));
+        sections
+            .iter()
+            .find(|s| s.path == section)
+            .and_then(|s| s.keys.iter().find(|k| k.name == key))
+    };
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for (index, raw) in text.lines().enumerate() {
+        let marker_here = raw.contains("(default");
+        let Some(line) = ref_line(index + 1, raw) else {
+            // Prose comments may speak of defaults; a value line may not
+            // without naming its key.
+            if marker_here && !raw.trim_start().starts_with('#') {
+                problems.push(format!("line {}: a default stated on no key", index + 1));
+            }
+            continue;
+        };
+        let column = if line.dash {
+            line.indent - 2
+        } else {
+            line.indent
+        };
+        while stack.last().is_some_and(|(indent, _)| *indent >= column) {
+            stack.pop();
+        }
+        let mut parent = stack.last().map_or(String::new(), |(_, path)| path.clone());
+        if line.dash {
+            parent.push_str("[]");
+            stack.push((column, parent.clone()));
+        }
+        let path = if parent.is_empty() {
+            line.key.to_owned()
+        } else {
+            format!("{parent}.{}", line.key)
+        };
+        let Some(key) = key_doc(&path) else {
+            if marker_here || !line.commented {
+                problems.push(format!("line {}: {path} is not a key", line.number));
+            }
+            continue;
+        };
+        stack.push((line.indent, path.clone()));
+        let is_section = section_paths.contains(&path.as_str())
+            || section_paths.contains(&format!("{path}[]").as_str());
+        let where_ = format!("line {}: {path}", line.number);
+        match default_marker(line.comment) {
+            Some(stated) => {
+                checked += 1;
+                let Some(default) = &key.default else {
+                    problems.push(format!("{where_} is required; it has no default"));
+                    continue;
+                };
+                let matches = match stated {
+                    Some(text) if key.default_text == Some(text) => true,
+                    Some("none") => default.is_null(),
+                    Some(text) => yaml::parse(text, &|_| None)
+                        .ok()
+                        .and_then(|node| (key.normalize)(&node))
+                        .is_some_and(|stated| same_json(&stated, default)),
+                    None => yaml::parse(line.value, &|_| None)
+                        .ok()
+                        .and_then(|node| (key.normalize)(&node))
+                        .is_some_and(|value| same_json(&value, default)),
+                };
+                if !matches {
+                    let code = key
+                        .default_text
+                        .map_or_else(|| reference::flow(default), str::to_owned);
+                    problems.push(format!(
+                        "{where_}: the file says the default is {:?}, the code says {code}",
+                        stated.unwrap_or(line.value)
+                    ));
+                }
+            }
+            None => {
+                let states_something = key.default_text.is_some()
+                    || key.default.as_ref().is_some_and(|default| {
+                        !default.is_null()
+                            && default.as_array().is_none_or(|items| !items.is_empty())
+                    });
+                let override_ = path.starts_with("listeners[].limits");
+                if !line.commented && !is_section && states_something && !override_ {
+                    problems.push(format!(
+                        "{where_}: say \"(default)\" or \"(default X)\" in the comment"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(checked >= 40, "only {checked} defaults stated");
+}
+
+#[test]
+fn reference_lines_parse() {
+    let line = ref_line(1, "  #   restart: on-failure   # a | b (default)").unwrap();
+    assert!(line.commented);
+    assert_eq!(
+        (line.indent, line.key, line.value),
+        (4, "restart", "on-failure")
+    );
+    assert_eq!(default_marker(line.comment), Some(None));
+    let line = ref_line(2, "      - name: x # y (default: 1; 0 when z)").unwrap();
+    assert!(line.dash);
+    assert_eq!(line.indent, 8);
+    assert_eq!(default_marker(line.comment), Some(Some("1; 0 when z")));
+    let line = ref_line(3, "    regex: \"a # b\"  # c").unwrap();
+    assert_eq!(line.value, "\"a # b\"");
+    assert!(ref_line(4, "# Durations: 250ms, 5s").is_none());
+    assert!(ref_line(5, "  # A non-loopback admin address is refused.").is_none());
+}
