@@ -28,7 +28,7 @@ pub enum Command {
     /// Validate a config and print the effective config, or every error.
     ///
     /// The effective config has every default filled in and secrets shown
-    /// as <redacted>. With no --config, checks the embedded default with
+    /// as `<redacted>`. With no --config, checks the embedded default with
     /// the flags applied: what `run` with the same flags would run. Each
     /// error names its key path and line, or the flag it came from.
     Check(CheckArgs),

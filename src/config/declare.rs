@@ -11,7 +11,7 @@
 //!         /// Requests in flight to the upstream.
 //!         #[check(at_least(1))]
 //!         max_concurrent: usize = 1024,
-//!         …
+//!         // … the other keys
 //!     }
 //!     later: ["adaptive", "min_concurrent"],
 //!     validate: check_bulkhead,

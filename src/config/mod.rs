@@ -2,13 +2,13 @@
 //!
 //! The pipeline is `yaml::parse` (text → [`yaml::Node`] tree with lines) →
 //! [`Overrides`] (command-line flags written into the tree) → decoding
-//! (tree → typed sections, defaults filled, values checked) → [`validate`]
+//! (tree → typed sections, defaults filled, values checked) → `validate`
 //! (what spans sections). Decoding recovers from each problem, so all of
 //! them are reported in one run, each with its key path and line — or the
 //! flag it came from. Nothing else in breakwater parses config;
 //! `crate::reload` swaps a new one in.
 //!
-//! Each section is declared once (`section!` in [`declare`]): its keys,
+//! Each section is declared once (`section!` in `declare.rs`): its keys,
 //! defaults, checks and docs. The decoder, `Default`, the effective-config
 //! printout of `breakwater check` ([`Config::to_yaml`]), the JSON Schema of
 //! `breakwater schema` ([`schema`]) and `docs/CONFIG.md`
