@@ -95,7 +95,8 @@ section! {
 
 // === admin ===
 
-/// `admin:` — the operator port (SPEC §6).
+/// `admin:` (SPEC §6) — the operator port; read through `AdminKeys`,
+/// where `token_env` becomes the token.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     /// Address of the admin server.
@@ -109,7 +110,7 @@ section! {
     /// `admin:` (SPEC §6) — the operator port. Mutating calls need the
     /// token when one is set; a non-loopback address without a token is
     /// refused.
-    pub struct AdminKeys {
+    pub(crate) struct AdminKeys {
         /// Address of the admin server.
         listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 15000)),
         /// Bearer token for mutating calls. Never printed.
@@ -142,11 +143,17 @@ fn resolve_token_env(admin: &mut AdminKeys, keys: &Keys<'_>, cx: &mut Cx) {
     }
 }
 
+impl From<AdminKeys> for Admin {
+    fn from(keys: AdminKeys) -> Self {
+        Admin {
+            listen: keys.listen,
+            token: keys.token,
+        }
+    }
+}
+
 fn admin_from_keys(_: &mut Cx, _: &Node, keys: AdminKeys) -> Option<Admin> {
-    Some(Admin {
-        listen: keys.listen,
-        token: keys.token,
-    })
+    Some(keys.into())
 }
 
 fn admin_to_keys(admin: &Admin) -> AdminKeys {
@@ -161,11 +168,7 @@ via_keys!(Admin => AdminKeys, decode: admin_from_keys, encode: admin_to_keys);
 
 impl Default for Admin {
     fn default() -> Self {
-        let keys = AdminKeys::default();
-        Admin {
-            listen: keys.listen,
-            token: keys.token,
-        }
+        AdminKeys::default().into()
     }
 }
 

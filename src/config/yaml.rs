@@ -4,7 +4,7 @@
 //! once: the line of every key (so each error can point at it) and the
 //! chance to keep going after the first error (so every error is reported in
 //! one run). This module parses with `yaml-rust2`'s event API into a small
-//! [`Node`] tree; [`super::decode`] walks it.
+//! [`Node`] tree, which the decoder (`decode.rs`) walks.
 //!
 //! [`Node::to_json`] gives the tree as an editor sees it (YAML's core
 //! schema), which is what `breakwater schema` describes.
