@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
-use super::declare::{Check, SectionDoc};
+use super::checks::Check;
+use super::declare::SectionDoc;
 use super::yaml::{Node, Value};
 
 /// One problem in a config file.

@@ -19,6 +19,7 @@
 
 #[macro_use]
 mod declare;
+mod checks;
 mod decode;
 mod model;
 pub mod policy;

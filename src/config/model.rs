@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use super::declare::{
-    above_zero, at_least, between, child, host_ports, non_empty, plain_name, url_path, Check,
-    Checked, Fault,
+use super::checks::{
+    above_zero, at_least, between, host_ports, non_empty, plain_name, url_path, Check, Checked,
+    Fault,
 };
+use super::declare::child;
 use super::decode::{ByteSize, ConfigValue, Cx, Keys};
 use super::policy::{
     Bulkhead, CircuitBreaker, HealthCheck, OutlierDetection, RateLimit, Retry, Toggle,

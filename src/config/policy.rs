@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
-use super::declare::{
+use super::checks::{
     above_zero, at_least, at_most, between, fraction, non_empty, ratio, statuses, url_path,
 };
 use super::decode::{parse_with, pattern, ConfigValue, Cx, Keys};

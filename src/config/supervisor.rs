@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
-use super::declare::{above_zero, at_least, fraction, non_empty};
+use super::checks::{above_zero, at_least, fraction, non_empty};
 use super::decode::{pattern, ByteSize, ConfigValue, Cx, Keys};
 use super::yaml::{Node, Value};
 
@@ -58,7 +58,7 @@ section! {
     /// `supervisor.triggers.error_rate:`
     pub struct ErrorRate {
         /// Failed tries / tries at or above this trips.
-        #[check(super::declare::ratio())]
+        #[check(super::checks::ratio())]
         threshold: f64,
         /// Over this much recent time.
         #[check(at_least(Duration::from_secs(1)))]
