@@ -612,11 +612,6 @@ impl<T: ConfigValue> ConfigValue for Option<T> {
     fn sections(path: &str, out: &mut Vec<SectionDoc>) {
         T::sections(path, out);
     }
-    fn inherit(&mut self, base: &Self, node: &Node) {
-        if let (Some(value), Some(base)) = (self.as_mut(), base) {
-            value.inherit(base, node);
-        }
-    }
 }
 
 /// A string-to-string mapping in file order (`env:`, `match.headers:`).
