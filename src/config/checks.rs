@@ -35,7 +35,7 @@ impl From<String> for Fault {
     }
 }
 
-type Test<V> = Box<dyn Fn(&V) -> Result<(), Fault>>;
+type Test<V> = Box<dyn Fn(&V) -> Vec<Fault>>;
 
 /// One rule a value of type `V` must follow, with its docs and schema.
 pub struct Check<V> {
@@ -43,11 +43,14 @@ pub struct Check<V> {
     pub doc: String,
     /// JSON Schema keywords that say the same, merged into the key's schema.
     pub schema: Json,
+    /// Whether the rule judges the value as a whole (a list not empty),
+    /// which it cannot do once an item failed to decode and was left out.
+    pub whole: bool,
     test: Test<V>,
 }
 
 impl<V> Check<V> {
-    /// A check from its parts.
+    /// A rule on the whole value.
     pub fn new(
         doc: impl Into<String>,
         schema: Json,
@@ -56,35 +59,65 @@ impl<V> Check<V> {
         Check {
             doc: doc.into(),
             schema,
-            test: Box::new(test),
+            whole: false,
+            test: Box::new(move |value| test(value).err().into_iter().collect()),
         }
     }
 
-    /// Records an issue if `value` (read from `node`, whose key is on
-    /// `line`) fails the check.
+    /// A rule on each item of a list (or entry of a mapping): every item
+    /// that breaks it is reported, at its own line.
+    pub fn each<T: 'static>(
+        doc: impl Into<String>,
+        schema: Json,
+        test: impl Fn(&T) -> Result<(), String> + 'static,
+    ) -> Self
+    where
+        V: Checked<Item = Vec<T>>,
+    {
+        Check {
+            doc: doc.into(),
+            schema,
+            whole: false,
+            test: Box::new(move |value: &V| {
+                let items = value.item().map_or(&[][..], Vec::as_slice);
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(at, item)| {
+                        test(item).err().map(|message| Fault {
+                            item: Some(at),
+                            message,
+                        })
+                    })
+                    .collect()
+            }),
+        }
+    }
+
+    /// Records an issue for each fault of `value` (read from `node`, whose
+    /// key is on `line`).
     pub fn run(&self, cx: &mut Cx, node: &Node, line: usize, value: &V) {
-        let Err(fault) = (self.test)(value) else {
-            return;
-        };
-        let item = fault.item.and_then(|index| {
-            let index = cx.source_index(&cx.path(), index);
-            match &node.value {
-                Value::Seq(items) => items
-                    .get(index)
-                    .map(|item| (format!("[{index}]"), item.line)),
-                Value::Map(entries) => entries.get(index).map(|(key, _)| {
-                    let name = match &key.value {
-                        Value::Scalar { text, .. } => text.clone(),
-                        _ => format!("[{index}]"),
-                    };
-                    (name, key.line)
-                }),
-                _ => None,
+        for fault in (self.test)(value) {
+            let item = fault.item.and_then(|index| {
+                let index = cx.source_index(&cx.path(), index);
+                match &node.value {
+                    Value::Seq(items) => items
+                        .get(index)
+                        .map(|item| (format!("[{index}]"), item.line)),
+                    Value::Map(entries) => entries.get(index).map(|(key, _)| {
+                        let name = match &key.value {
+                            Value::Scalar { text, .. } => text.clone(),
+                            _ => format!("[{index}]"),
+                        };
+                        (name, key.line)
+                    }),
+                    _ => None,
+                }
+            });
+            match item {
+                Some((relative, line)) => cx.error_at(&relative, Some(line), fault.message),
+                None => cx.error(line, fault.message),
             }
-        });
-        match item {
-            Some((relative, line)) => cx.error_at(&relative, Some(line), fault.message),
-            None => cx.error(line, fault.message),
         }
     }
 }
@@ -330,7 +363,7 @@ pub fn non_empty<V: Checked>(what: &'static str) -> Check<V>
 where
     V::Item: HasLength,
 {
-    check(
+    let mut check = check(
         what,
         json!({"minItems": 1, "minLength": 1}),
         move |value: &V::Item| {
@@ -340,7 +373,9 @@ where
                 Ok(())
             }
         },
-    )
+    );
+    check.whole = true;
+    check
 }
 
 /// Names become metric labels and URL path segments: keep them plain.
@@ -383,44 +418,38 @@ pub fn url_path<V: Checked<Item = String>>() -> Check<V> {
 
 /// HTTP statuses, 100 to 599.
 pub fn statuses<V: Checked<Item = Vec<u16>>>() -> Check<V> {
-    check(
+    Check::each(
         "each 100 to 599",
         json!({"items": {"minimum": 100, "maximum": 599}}),
-        |statuses: &Vec<u16>| match statuses
-            .iter()
-            .position(|status| !(100..=599).contains(status))
-        {
-            Some(at) => Err(Fault {
-                item: Some(at),
-                message: format!("HTTP statuses are 100 to 599, found {}", statuses[at]),
-            }),
-            None => Ok(()),
+        |status: &u16| {
+            if (100..=599).contains(status) {
+                Ok(())
+            } else {
+                Err(format!("HTTP statuses are 100 to 599, found {status}"))
+            }
         },
     )
 }
 
 /// `host:port` endpoints with a non-zero port and no user info.
 pub fn host_ports<V: Checked<Item = Vec<String>>>() -> Check<V> {
-    check(
+    Check::each(
         "each host:port",
         json!({"items": {"pattern": pattern("[^@/\\s]+:[0-9]{1,5}")}}),
-        |endpoints: &Vec<String>| match endpoints.iter().position(|endpoint| {
-            endpoint
+        |endpoint: &String| {
+            let valid = endpoint
                 .parse::<http::uri::Authority>()
                 .ok()
-                .filter(|authority| {
+                .is_some_and(|authority| {
                     authority.port_u16().is_some_and(|port| port != 0) && !endpoint.contains('@')
-                })
-                .is_none()
-        }) {
-            Some(at) => Err(Fault {
-                item: Some(at),
-                message: format!(
-                    "expected host:port like 127.0.0.1:8080, found {:?}",
-                    endpoints[at]
-                ),
-            }),
-            None => Ok(()),
+                });
+            if valid {
+                Ok(())
+            } else {
+                Err(format!(
+                    "expected host:port like 127.0.0.1:8080, found {endpoint:?}"
+                ))
+            }
         },
     )
 }

@@ -293,7 +293,7 @@ impl<'n> Keys<'n> {
     /// Reads `key`: decoded and checked when written, else `default`. A
     /// written value that fails gives `default` too (its issue is
     /// recorded); with no default, `None` means the section cannot be built.
-    /// Checks run only on a value that decoded without an issue.
+    /// A check of the value as a whole is skipped when part of it failed.
     pub fn read<T: ConfigValue>(
         &mut self,
         cx: &mut Cx,
@@ -314,13 +314,12 @@ impl<'n> Keys<'n> {
         let value = cx.at_key(key, |cx| {
             let before = cx.issues.len();
             let value = T::decode(cx, node)?;
-            // A value whose parts already failed (a list item left out) is
+            // A value some of whose parts failed (a list item left out) is
             // not judged as a whole: "needs at least one route" after the
             // only route failed would repeat that failure.
-            if cx.issues.len() == before {
-                for check in checks {
-                    check.run(cx, node, line, &value);
-                }
+            let parts_failed = cx.issues.len() > before;
+            for check in checks.iter().filter(|check| !(check.whole && parts_failed)) {
+                check.run(cx, node, line, &value);
             }
             Some(value)
         });
@@ -622,7 +621,8 @@ impl ConfigValue for Vec<(String, String)> {
             return None;
         };
         let mut out = Vec::with_capacity(entries.len());
-        for (key, value) in entries {
+        let mut kept = Vec::with_capacity(entries.len());
+        for (index, (key, value)) in entries.iter().enumerate() {
             let name = String::decode(cx, key);
             let value = match &name {
                 Some(name) => cx.at_key(name, |cx| String::decode(cx, value)),
@@ -630,7 +630,11 @@ impl ConfigValue for Vec<(String, String)> {
             };
             if let (Some(name), Some(value)) = (name, value) {
                 out.push((name, value));
+                kept.push(index);
             }
+        }
+        if kept.len() < entries.len() {
+            cx.kept.insert(cx.path(), kept);
         }
         Some(out)
     }

@@ -349,46 +349,36 @@ fn check_match(matcher: &mut RouteMatch, keys: &Keys<'_>, cx: &mut Cx) {
 
 /// HTTP methods, written in capitals.
 fn http_methods() -> Check<Vec<String>> {
-    Check::new(
+    Check::each(
         "HTTP methods in capitals",
         serde_json::json!({"items": {"pattern": "^[A-Z0-9!#$%&'*+.^_`|~-]+$"}}),
-        |methods: &Vec<String>| match methods.iter().position(|method| {
-            http::Method::from_bytes(method.as_bytes()).is_err()
-                || method.bytes().any(|b| b.is_ascii_lowercase())
-        }) {
-            Some(at) => Err(Fault {
-                item: Some(at),
-                message: format!(
-                    "expected an HTTP method in capitals like GET or POST, found {:?}",
-                    methods[at]
-                ),
-            }),
-            None => Ok(()),
+        |method: &String| {
+            let valid = http::Method::from_bytes(method.as_bytes()).is_ok()
+                && !method.bytes().any(|b| b.is_ascii_lowercase());
+            if valid {
+                Ok(())
+            } else {
+                Err(format!(
+                    "expected an HTTP method in capitals like GET or POST, found {method:?}"
+                ))
+            }
         },
     )
 }
 
 /// Header names and values HTTP accepts.
 fn header_fields() -> Check<Vec<(String, String)>> {
-    Check::new(
+    Check::each(
         "valid header names and values",
         serde_json::json!({"propertyNames": {"pattern": "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"}}),
-        |headers: &Vec<(String, String)>| {
-            for (at, (name, value)) in headers.iter().enumerate() {
-                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    return Err(Fault {
-                        item: Some(at),
-                        message: format!("{name:?} is not a valid header name"),
-                    });
-                }
-                if http::HeaderValue::from_str(value).is_err() {
-                    return Err(Fault {
-                        item: Some(at),
-                        message: format!("{value:?} is not a valid header value"),
-                    });
-                }
+        |(name, value): &(String, String)| {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                Err(format!("{name:?} is not a valid header name"))
+            } else if http::HeaderValue::from_str(value).is_err() {
+                Err(format!("{value:?} is not a valid header value"))
+            } else {
+                Ok(())
             }
-            Ok(())
         },
     )
 }

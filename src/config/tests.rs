@@ -1060,3 +1060,31 @@ fn reference_lines_parse() {
     assert!(ref_line(4, "# Durations: 250ms, 5s").is_none());
     assert!(ref_line(5, "  # A non-loopback admin address is refused.").is_none());
 }
+
+#[test]
+fn every_bad_item_of_a_list_is_reported_at_its_own_index() {
+    let text = MINIMAL.replace(
+        "    endpoints: [127.0.0.1:8080]\n",
+        "    endpoints: [{}, 'x:0', 127.0.0.1:8080, 'a@b:1']\n    backup: []\n",
+    );
+    let error = load(&text).unwrap_err();
+    let paths: Vec<&str> = error
+        .issues
+        .iter()
+        .map(|issue| issue.path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "upstreams[0].endpoints[0]",
+            "upstreams[0].endpoints[1]",
+            "upstreams[0].endpoints[3]",
+        ],
+        "{error}"
+    );
+    // A rule on the list as a whole is not applied once an item failed:
+    // the only route failing does not also make "no routes".
+    let text = MINIMAL.replace("      - name: all\n", "      - name: [all]\n");
+    let error = load(&text).unwrap_err();
+    assert_eq!(error.issues.len(), 1, "{error}");
+}
