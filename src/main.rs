@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use breakwater::cli::{Cli, Command, RunArgs};
-use breakwater::config::{self, Overrides};
+use breakwater::cli::{CheckArgs, Cli, Command, RunArgs};
+use breakwater::config;
 use breakwater::reload::ConfigSource;
 use clap::Parser;
 
@@ -23,8 +23,13 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { config } => Ok(check(&config)),
+        Command::Check(args) => Ok(check(args)),
         Command::Run(args) => run(args),
+        Command::Schema => {
+            let schema = serde_json::to_string_pretty(&config::schema())?;
+            print_out(&format!("{schema}\n"))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo => {
             runtime(None)?.block_on(breakwater::demo::run())?;
             Ok(ExitCode::SUCCESS)
@@ -36,11 +41,27 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    match config::load_file(path, &Overrides::default()) {
+/// Loads the file, or the embedded default, with the flags applied; prints
+/// the effective config, or every error.
+fn check(args: CheckArgs) -> ExitCode {
+    let overrides = args.overrides.into_overrides();
+    let (loaded, source) = match &args.config {
+        Some(path) => (
+            config::load_file(path, &overrides),
+            path.display().to_string(),
+        ),
+        None => (
+            config::load_str(config::DEFAULT_CONFIG, EMBEDDED, &overrides),
+            EMBEDDED.to_owned(),
+        ),
+    };
+    match loaded {
         Ok(config) => {
-            print!("{}", config.to_yaml());
-            eprintln!("{}: ok", path.display());
+            if let Err(error) = print_out(&config.to_yaml()) {
+                eprintln!("breakwater: {error:#}");
+                return ExitCode::FAILURE;
+            }
+            eprintln!("{source}: ok");
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -50,21 +71,34 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Writes `text` to stdout. A reader that went away (`| head`) is not an
+/// error: it has what it wanted.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// How errors name the embedded default.
+const EMBEDDED: &str = "<embedded default>";
+
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let overrides = Overrides {
-        listen: args.listen,
-        upstream: args.upstream,
-        admin: args.admin,
-        threads: args.threads,
-        command: args.command,
-    };
+    let overrides = args.overrides.into_overrides();
     let (loaded, source) = match &args.config {
         Some(path) => (
             config::load_file(path, &overrides),
             ConfigSource::File(path.clone()),
         ),
         None => (
-            config::load_str(config::DEFAULT_CONFIG, "<embedded default>", &overrides),
+            config::load_str(config::DEFAULT_CONFIG, EMBEDDED, &overrides),
             ConfigSource::Embedded,
         ),
     };

@@ -1,30 +1,37 @@
-//! Decoding a [`Node`] tree into typed config, collecting every problem.
+//! Reading a [`Node`] tree into typed config, collecting every problem.
 //!
-//! Each config type implements [`Decode`]. A decoder that meets a bad value
-//! records a [`ConfigIssue`] (key path, line, what was expected, what was
-//! found) and returns `None`; its parent carries on with the next key. So
-//! one run of `breakwater check` lists every error in the file, not just the
-//! first, and no half-valid config ever leaves this module: the loader
-//! returns a [`super::Config`] only when the issue list is empty.
+//! Every type a config key can hold implements [`ConfigValue`]: how to read
+//! it from a node, how to print it back, its JSON Schema and its name in the
+//! reference docs. Sections (`circuit_breaker:`, `routes[]:`) implement it
+//! through the `section!` declarations of [`super::declare`]; this module
+//! holds the leaf types and the containers.
 //!
-//! Struct-like mappings are read through [`Fields`], which also reports the
-//! keys nobody asked for: unknown keys are errors, because a typo such as
-//! `consecutive_failure: 3` silently meaning "default 5" is worse than a
-//! failed deploy.
+//! A reader that meets a bad value records a [`ConfigIssue`] (key path,
+//! line, what was expected, what was found) and carries on: an optional key
+//! that fails keeps its default, a list item that fails is left out while
+//! its siblings are kept, an unknown key is reported and skipped. So one run
+//! lists every error in the file, and cross-section validation still runs.
+//! A config with any issue is refused as a whole by the loader.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde_json::{json, Value as Json};
+
+use super::checks::Check;
+use super::declare::SectionDoc;
 use super::yaml::{Node, Value};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConfigIssue {
-    /// Key path such as `listeners[0].routes[2].timeouts.request`; empty for
-    /// the document itself.
+    /// Key path such as `listeners[0].routes[2].timeouts.request`, or the
+    /// flag that set the value (`--admin 0.0.0.0:15000`); empty for the
+    /// document itself.
     pub path: String,
-    /// 1-based line in the file, when known.
+    /// 1-based line in the file, when known (never for a flag).
     pub line: Option<usize>,
     /// What was expected and what was found.
     pub message: String,
@@ -45,8 +52,11 @@ impl fmt::Display for ConfigIssue {
 #[derive(Debug, Default)]
 pub struct Cx {
     path: Vec<Segment>,
-    /// Every problem found, in file order of discovery.
+    /// Every problem found, in order of discovery.
     pub issues: Vec<ConfigIssue>,
+    /// For a list some of whose items failed: the file index of each item
+    /// kept, by the list's path. Lists without a failed item are absent.
+    kept: HashMap<String, Vec<usize>>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,7 +97,8 @@ impl Cx {
         });
     }
 
-    /// Records a problem at `path`, which is relative to the current one.
+    /// Records a problem at `relative` (`key`, `a.b` or `[2]`) below the
+    /// current path.
     pub fn error_at(&mut self, relative: &str, line: Option<usize>, message: impl Into<String>) {
         let mut path = self.path();
         if !relative.is_empty() {
@@ -119,7 +130,8 @@ impl Cx {
         out
     }
 
-    /// Records "expected X, found Y" for `node`.
+    /// Records "expected X, found Y" for `node`. A value that came from the
+    /// environment is not echoed: it may be a secret.
     pub fn expected(&mut self, node: &Node, what: &str) {
         let found = match &node.value {
             Value::Scalar { text, .. } if !node.from_env => format!("{text:?}"),
@@ -127,15 +139,42 @@ impl Cx {
         };
         self.error(node.line, format!("expected {what}, found {found}"));
     }
+
+    /// The index in the file of item `index` of the decoded list at `list`
+    /// (a path like `listeners[1].routes`): they differ once an earlier
+    /// item failed and was left out.
+    pub fn source_index(&self, list: &str, index: usize) -> usize {
+        self.kept
+            .get(list)
+            .and_then(|kept| kept.get(index).copied())
+            .unwrap_or(index)
+    }
 }
 
-/// A config value that can be read from a node.
-pub trait Decode: Sized {
-    /// Reads `node`; on failure records an issue in `cx` and returns `None`.
+/// A type a config key can hold.
+///
+/// Sections get their impl from `section!`; leaf types (numbers,
+/// durations, addresses, word sets) and containers are implemented here
+/// and in the section modules. Whatever `to_json` prints, `decode` reads
+/// back to an equal value (secrets excepted: they print as `<redacted>`).
+pub trait ConfigValue: Clone {
+    /// Reads `node` (never `null`: a `null` key counts as absent); on
+    /// failure records an issue in `cx` and returns `None`.
     fn decode(cx: &mut Cx, node: &Node) -> Option<Self>;
+    /// The value as the config writes it, for `breakwater check`.
+    fn to_json(&self) -> Json;
+    /// The JSON Schema of the value.
+    fn schema() -> Json;
+    /// The type's name in the reference docs: `duration`, `list of string`.
+    fn type_name() -> String;
+    /// Adds the docs of the sections this type holds, found at `path`.
+    fn sections(_path: &str, _out: &mut Vec<SectionDoc>) {}
+    /// Takes `base`'s value for every key absent from `node`: how a
+    /// listener's `limits:` override the global ones key by key.
+    fn inherit(&mut self, _base: &Self, _node: &Node) {}
 }
 
-/// Reads the text of a scalar node, or records "expected {what}".
+/// The text of a scalar node, or "expected {what}".
 pub fn scalar<'n>(cx: &mut Cx, node: &'n Node, what: &str) -> Option<&'n str> {
     match &node.value {
         Value::Scalar { text, .. } => Some(text.as_str()),
@@ -163,13 +202,178 @@ pub fn parse_with<T>(
     }
 }
 
-impl Decode for String {
-    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
-        scalar(cx, node, "a string").map(str::to_owned)
+/// Reads one of a fixed set of words.
+pub fn one_of<T: Copy>(cx: &mut Cx, node: &Node, choices: &[(&str, T)]) -> Option<T> {
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    let what = format!("one of {}", names.join(", "));
+    let text = scalar(cx, node, &what)?;
+    match choices.iter().find(|(name, _)| *name == text) {
+        Some((_, value)) => Some(*value),
+        None => {
+            cx.expected(node, &what);
+            None
+        }
     }
 }
 
-impl Decode for bool {
+/// `a`, `b` or `c` in backticks, for the docs.
+pub fn words_name(words: &[&str]) -> String {
+    let quoted: Vec<String> = words.iter().map(|word| format!("`{word}`")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => quoted.join(""),
+    }
+}
+
+/// A JSON Schema pattern that also accepts any text holding `${NAME}`:
+/// such a value is only known once the environment is read.
+pub fn pattern(regex: &str) -> String {
+    format!("^(?:{regex})$|\\$\\{{")
+}
+
+// === the mapping reader ===
+
+/// The keys of one mapping, read by name. Keys nobody asked for are
+/// reported by [`Keys::finish`]; validation hooks use it to see which keys
+/// were written and where.
+pub struct Keys<'n> {
+    node: &'n Node,
+    entries: &'n [(Node, Node)],
+    used: Vec<bool>,
+}
+
+impl<'n> Keys<'n> {
+    /// Starts reading `node` as a mapping. `null` reads as an empty one, so
+    /// `admin:` with nothing under it means "all defaults".
+    pub fn new(cx: &mut Cx, node: &'n Node) -> Option<Keys<'n>> {
+        static EMPTY: [(Node, Node); 0] = [];
+        let entries: &'n [(Node, Node)] = match &node.value {
+            Value::Map(entries) => entries,
+            Value::Null => &EMPTY,
+            _ => {
+                cx.expected(node, "a mapping of keys");
+                return None;
+            }
+        };
+        Some(Keys {
+            node,
+            entries,
+            used: vec![false; entries.len()],
+        })
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|(name, _)| matches!(&name.value, Value::Scalar { text, .. } if text == key))
+    }
+
+    /// The value under `key` unless it is absent or `null`.
+    pub fn get(&self, key: &str) -> Option<&'n Node> {
+        let (_, value) = &self.entries[self.position(key)?];
+        (value.value != Value::Null).then_some(value)
+    }
+
+    /// Whether `key` was written with a value.
+    pub fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Line of `key` if it is written.
+    pub fn line(&self, key: &str) -> Option<usize> {
+        self.position(key).map(|at| self.entries[at].0.line)
+    }
+
+    /// Records `message` at `key`: its line if written, else the mapping's.
+    pub fn error(&self, cx: &mut Cx, key: &str, message: impl Into<String>) {
+        let line = self.line(key).unwrap_or(self.node.line);
+        cx.error_at(key, Some(line), message);
+    }
+
+    /// Reads `key`: decoded and checked when written, else `default`. A
+    /// written value that fails gives `default` too (its issue is
+    /// recorded); with no default, `None` means the section cannot be built.
+    /// A check of the value as a whole is skipped when part of it failed.
+    pub fn read<T: ConfigValue>(
+        &mut self,
+        cx: &mut Cx,
+        key: &str,
+        checks: &[Check<T>],
+        default: Option<T>,
+    ) -> Option<T> {
+        if let Some(at) = self.position(key) {
+            self.used[at] = true;
+        }
+        let Some(node) = self.get(key) else {
+            if default.is_none() {
+                cx.error_at(key, Some(self.node.line), "required key is missing");
+            }
+            return default;
+        };
+        let line = self.line(key).unwrap_or(node.line);
+        let value = cx.at_key(key, |cx| {
+            let before = cx.issues.len();
+            let value = T::decode(cx, node)?;
+            // A value some of whose parts failed (a list item left out) is
+            // not judged as a whole: "needs at least one route" after the
+            // only route failed would repeat that failure.
+            let parts_failed = cx.issues.len() > before;
+            for check in checks.iter().filter(|check| !(check.whole && parts_failed)) {
+                check.run(cx, node, line, &value);
+            }
+            Some(value)
+        });
+        value.or(default)
+    }
+
+    /// Reports every key that was not read: as unknown, listing the known
+    /// ones, or, for the keys in `later` (in the SPEC, for a part this build
+    /// does not have yet), as not supported yet.
+    pub fn finish(&self, cx: &mut Cx, known: &[&str], later: &[&str]) {
+        for ((key, _), used) in self.entries.iter().zip(&self.used) {
+            if *used {
+                continue;
+            }
+            let Value::Scalar { text: name, .. } = &key.value else {
+                cx.error(key.line, "keys must be plain strings");
+                continue;
+            };
+            if later.contains(&name.as_str()) {
+                cx.error_at(
+                    name,
+                    Some(key.line),
+                    "is in the breakwater spec but not supported by this build yet; remove it",
+                );
+            } else {
+                cx.error_at(
+                    name,
+                    Some(key.line),
+                    format!("unknown key; expected one of: {}", known.join(", ")),
+                );
+            }
+        }
+    }
+}
+
+// === leaf values ===
+
+impl ConfigValue for String {
+    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
+        scalar(cx, node, "a string").map(str::to_owned)
+    }
+    fn to_json(&self) -> Json {
+        Json::from(self.as_str())
+    }
+    /// Any scalar reads as its text, so `args: [--port, 8080]` works.
+    fn schema() -> Json {
+        json!({"type": ["string", "number", "boolean"]})
+    }
+    fn type_name() -> String {
+        "string".to_owned()
+    }
+}
+
+impl ConfigValue for bool {
     fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
         match &node.value {
             Value::Scalar {
@@ -186,11 +390,20 @@ impl Decode for bool {
             }
         }
     }
+    fn to_json(&self) -> Json {
+        Json::from(*self)
+    }
+    fn schema() -> Json {
+        json!({"type": "boolean"})
+    }
+    fn type_name() -> String {
+        "`true` or `false`".to_owned()
+    }
 }
 
-macro_rules! decode_number {
+macro_rules! whole_numbers {
     ($($ty:ty => $what:expr),* $(,)?) => {$(
-        impl Decode for $ty {
+        impl ConfigValue for $ty {
             fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
                 match &node.value {
                     Value::Scalar { text, quoted: false } => match text.parse::<$ty>() {
@@ -200,18 +413,32 @@ macro_rules! decode_number {
                     _ => { cx.expected(node, $what); None }
                 }
             }
+            fn to_json(&self) -> Json {
+                Json::from(*self)
+            }
+            fn schema() -> Json {
+                let mut schema = json!({"type": "integer", "minimum": 0});
+                // Beyond 2^32 the bound says nothing a reader needs.
+                if u64::try_from(<$ty>::MAX).is_ok_and(|max| max <= u64::from(u32::MAX)) {
+                    schema["maximum"] = json!(<$ty>::MAX);
+                }
+                schema
+            }
+            fn type_name() -> String {
+                "integer".to_owned()
+            }
         }
     )*};
 }
 
-decode_number! {
+whole_numbers! {
     u16 => "a whole number from 0 to 65535",
     u32 => "a whole number from 0 to 4294967295",
     u64 => "a whole number",
     usize => "a whole number",
 }
 
-impl Decode for f64 {
+impl ConfigValue for f64 {
     fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
         match &node.value {
             Value::Scalar {
@@ -230,9 +457,18 @@ impl Decode for f64 {
             }
         }
     }
+    fn to_json(&self) -> Json {
+        Json::from(*self)
+    }
+    fn schema() -> Json {
+        json!({"type": "number"})
+    }
+    fn type_name() -> String {
+        "number".to_owned()
+    }
 }
 
-impl Decode for Duration {
+impl ConfigValue for Duration {
     fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
         parse_with(
             cx,
@@ -241,53 +477,36 @@ impl Decode for Duration {
             crate::units::parse_duration,
         )
     }
-}
-
-impl Decode for SocketAddr {
-    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
-        parse_with(cx, node, "an address like 127.0.0.1:8080", |text| {
-            text.parse().map_err(|_| {
-                format!("expected an address like 127.0.0.1:8080 or [::1]:8080, found {text:?}")
-            })
+    fn to_json(&self) -> Json {
+        Json::from(crate::units::format_duration(*self))
+    }
+    /// `0` is the one duration without a unit, and YAML reads it as a number.
+    fn schema() -> Json {
+        json!({
+            "type": ["string", "integer"],
+            "pattern": pattern("[0-9]+(\\.[0-9]+)?(us|µs|ms|s|m|h)|0"),
+            "minimum": 0,
+            "maximum": 0,
         })
     }
-}
-
-impl<T: Decode> Decode for Vec<T> {
-    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
-        match &node.value {
-            Value::Seq(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                let mut ok = true;
-                for (index, item) in items.iter().enumerate() {
-                    match cx.at_index(index, |cx| T::decode(cx, item)) {
-                        Some(value) => out.push(value),
-                        None => ok = false,
-                    }
-                }
-                ok.then_some(out)
-            }
-            _ => {
-                cx.expected(node, "a list");
-                None
-            }
-        }
+    fn type_name() -> String {
+        "duration".to_owned()
     }
-}
-
-/// Serializes a duration the way the config writes it (`250ms`, `5s`).
-pub fn ser_duration<S: serde::Serializer>(
-    duration: &Duration,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&crate::units::format_duration(*duration))
 }
 
 /// A byte size written as `64KiB`, `512MiB`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
-impl Decode for ByteSize {
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::units::format_size(self.0))
+    }
+}
+
+serialize_as_json!(ByteSize);
+
+impl ConfigValue for ByteSize {
     fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
         parse_with(
             cx,
@@ -297,160 +516,140 @@ impl Decode for ByteSize {
         )
         .map(ByteSize)
     }
-}
-
-impl serde::Serialize for ByteSize {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&crate::units::format_size(self.0))
+    fn to_json(&self) -> Json {
+        Json::from(self.to_string())
+    }
+    /// A bare number is bytes.
+    fn schema() -> Json {
+        json!({
+            "type": ["string", "integer"],
+            "pattern": pattern("[0-9]+ ?(B|KiB|MiB|GiB|KB|kB|MB|GB)?"),
+            "minimum": 0,
+        })
+    }
+    fn type_name() -> String {
+        "size".to_owned()
     }
 }
 
-/// Reads one of a fixed set of words.
-pub fn one_of<T: Copy>(cx: &mut Cx, node: &Node, choices: &[(&str, T)]) -> Option<T> {
-    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
-    let what = format!("one of {}", names.join(", "));
-    let text = scalar(cx, node, &what)?;
-    match choices.iter().find(|(name, _)| *name == text) {
-        Some((_, value)) => Some(*value),
-        None => {
-            cx.expected(node, &what);
-            None
-        }
+impl ConfigValue for SocketAddr {
+    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
+        parse_with(cx, node, "an address like 127.0.0.1:8080", |text| {
+            text.parse().map_err(|_| {
+                format!("expected an address like 127.0.0.1:8080 or [::1]:8080, found {text:?}")
+            })
+        })
+    }
+    fn to_json(&self) -> Json {
+        Json::from(self.to_string())
+    }
+    fn schema() -> Json {
+        json!({
+            "type": "string",
+            "pattern": pattern("([0-9]{1,3}\\.){3}[0-9]{1,3}:[0-9]{1,5}|\\[[0-9A-Fa-f:.]+\\]:[0-9]{1,5}"),
+        })
+    }
+    fn type_name() -> String {
+        "address".to_owned()
     }
 }
 
-/// The keys of one mapping, read by name; unread keys are reported by
-/// [`Fields::finish`].
-pub struct Fields<'n> {
-    node: &'n Node,
-    entries: &'n [(Node, Node)],
-    used: Vec<bool>,
-    ok: bool,
-}
+// === containers ===
 
-impl<'n> Fields<'n> {
-    /// Starts reading `node` as a mapping. `Null` reads as an empty mapping,
-    /// so `admin:` with nothing under it means "all defaults".
-    pub fn new(cx: &mut Cx, node: &'n Node) -> Option<Fields<'n>> {
-        static EMPTY: [(Node, Node); 0] = [];
-        match &node.value {
-            Value::Map(entries) => Some(Fields {
-                node,
-                entries,
-                used: vec![false; entries.len()],
-                ok: true,
-            }),
-            Value::Null => Some(Fields {
-                node,
-                entries: &EMPTY,
-                used: Vec::new(),
-                ok: true,
-            }),
-            _ => {
-                cx.expected(node, "a mapping of keys");
-                None
+/// A list: an item that fails is left out (its issue recorded) and the
+/// others are kept, so later checks still see them.
+impl<T: ConfigValue> ConfigValue for Vec<T> {
+    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
+        let Value::Seq(items) = &node.value else {
+            cx.expected(node, "a list");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut kept = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            if let Some(value) = cx.at_index(index, |cx| T::decode(cx, item)) {
+                out.push(value);
+                kept.push(index);
             }
         }
+        if kept.len() < items.len() {
+            cx.kept.insert(cx.path(), kept);
+        }
+        Some(out)
     }
-
-    /// The node under `key`, if present (and marks it read).
-    pub fn node(&mut self, key: &str) -> Option<&'n Node> {
-        let position = self.entries.iter().position(
-            |(name, _)| matches!(&name.value, Value::Scalar { text, .. } if text == key),
-        )?;
-        self.used[position] = true;
-        Some(&self.entries[position].1)
+    fn to_json(&self) -> Json {
+        Json::Array(self.iter().map(T::to_json).collect())
     }
-
-    /// Line of `key` if it is present.
-    pub fn key_line(&self, key: &str) -> Option<usize> {
-        self.entries
-            .iter()
-            .find(|(name, _)| matches!(&name.value, Value::Scalar { text, .. } if text == key))
-            .map(|(name, _)| name.line)
+    fn schema() -> Json {
+        json!({"type": "array", "items": T::schema()})
     }
-
-    /// Reads an optional key. A present key holding `null` counts as absent.
-    pub fn opt<T: Decode>(&mut self, cx: &mut Cx, key: &str) -> Option<T> {
-        self.opt_with(cx, key, T::decode)
+    fn type_name() -> String {
+        format!("list of {}", T::type_name())
     }
+    fn sections(path: &str, out: &mut Vec<SectionDoc>) {
+        T::sections(&format!("{path}[]"), out);
+    }
+}
 
-    /// Reads an optional key with a custom decoder.
-    pub fn opt_with<T>(
-        &mut self,
-        cx: &mut Cx,
-        key: &str,
-        decode: impl FnOnce(&mut Cx, &Node) -> Option<T>,
-    ) -> Option<T> {
-        let node = self.node(key)?;
+/// Present or not; `null` counts as absent.
+impl<T: ConfigValue> ConfigValue for Option<T> {
+    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
         if node.value == Value::Null {
+            return Some(None);
+        }
+        T::decode(cx, node).map(Some)
+    }
+    fn to_json(&self) -> Json {
+        self.as_ref().map_or(Json::Null, T::to_json)
+    }
+    fn schema() -> Json {
+        json!({"anyOf": [{"type": "null"}, T::schema()]})
+    }
+    fn type_name() -> String {
+        T::type_name()
+    }
+    fn sections(path: &str, out: &mut Vec<SectionDoc>) {
+        T::sections(path, out);
+    }
+}
+
+/// A string-to-string mapping in file order (`env:`, `match.headers:`).
+impl ConfigValue for Vec<(String, String)> {
+    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
+        let Value::Map(entries) = &node.value else {
+            cx.expected(node, "a mapping of names to values");
             return None;
-        }
-        let value = cx.at_key(key, |cx| decode(cx, node));
-        if value.is_none() {
-            self.ok = false;
-        }
-        value
-    }
-
-    /// Reads a key with a default for when it is absent.
-    pub fn or<T: Decode>(&mut self, cx: &mut Cx, key: &str, default: T) -> T {
-        self.opt(cx, key).unwrap_or(default)
-    }
-
-    /// Reads a key that must be present.
-    pub fn req<T: Decode>(&mut self, cx: &mut Cx, key: &str) -> Option<T> {
-        self.req_with(cx, key, T::decode)
-    }
-
-    /// Reads a key that must be present, with a custom decoder.
-    pub fn req_with<T>(
-        &mut self,
-        cx: &mut Cx,
-        key: &str,
-        decode: impl FnOnce(&mut Cx, &Node) -> Option<T>,
-    ) -> Option<T> {
-        let present = matches!(self.node(key), Some(node) if node.value != Value::Null);
-        if !present {
-            cx.error_at(key, Some(self.node.line), "required key is missing");
-            self.ok = false;
-            return None;
-        }
-        self.opt_with(cx, key, decode)
-    }
-
-    /// Reports every key that was not read as unknown, listing the known
-    /// ones. `later` names keys the SPEC defines for a part this build does
-    /// not have yet: they get a clearer message than "unknown".
-    pub fn finish(self, cx: &mut Cx, known: &[&str], later: &[&str]) -> bool {
-        let mut ok = self.ok;
-        for ((key, _), used) in self.entries.iter().zip(&self.used) {
-            if *used {
-                continue;
-            }
-            ok = false;
-            let name = match &key.value {
-                Value::Scalar { text, .. } => text.as_str(),
-                _ => {
-                    cx.error(key.line, "keys must be plain strings");
-                    continue;
-                }
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        let mut kept = Vec::with_capacity(entries.len());
+        for (index, (key, value)) in entries.iter().enumerate() {
+            let name = String::decode(cx, key);
+            let value = match &name {
+                Some(name) => cx.at_key(name, |cx| String::decode(cx, value)),
+                None => None,
             };
-            if later.contains(&name) {
-                cx.error_at(
-                    name,
-                    Some(key.line),
-                    "is in the breakwater spec but not supported by this build yet; remove it",
-                );
-            } else {
-                cx.error_at(
-                    name,
-                    Some(key.line),
-                    format!("unknown key; expected one of: {}", known.join(", ")),
-                );
+            if let (Some(name), Some(value)) = (name, value) {
+                out.push((name, value));
+                kept.push(index);
             }
         }
-        ok
+        if kept.len() < entries.len() {
+            cx.kept.insert(cx.path(), kept);
+        }
+        Some(out)
+    }
+    fn to_json(&self) -> Json {
+        Json::Object(
+            self.iter()
+                .map(|(name, value)| (name.clone(), Json::from(value.as_str())))
+                .collect(),
+        )
+    }
+    fn schema() -> Json {
+        json!({"type": "object", "additionalProperties": String::schema()})
+    }
+    fn type_name() -> String {
+        "mapping of string to string".to_owned()
     }
 }
 
@@ -467,13 +666,13 @@ mod tests {
     fn collects_every_issue_with_path_and_line() {
         let node = tree("a: 1\nb: nope\nc: 5 parsecs\nd: extra\n");
         let mut cx = Cx::default();
-        let mut fields = Fields::new(&mut cx, &node).unwrap();
-        let a: Option<u32> = fields.opt(&mut cx, "a");
-        let b: Option<u32> = fields.opt(&mut cx, "b");
-        let c: Option<Duration> = fields.opt(&mut cx, "c");
-        let e: Option<u32> = fields.req(&mut cx, "e");
-        fields.finish(&mut cx, &["a", "b", "c", "e"], &[]);
-        assert_eq!((a, b, c, e), (Some(1), None, None, None));
+        let mut keys = Keys::new(&mut cx, &node).unwrap();
+        let a: Option<u32> = keys.read(&mut cx, "a", &[], None);
+        let b: Option<u32> = keys.read(&mut cx, "b", &[], Some(7));
+        let c: Option<Duration> = keys.read(&mut cx, "c", &[], None);
+        let e: Option<u32> = keys.read(&mut cx, "e", &[], None);
+        keys.finish(&mut cx, &["a", "b", "c", "e"], &[]);
+        assert_eq!((a, b, c, e), (Some(1), Some(7), None, None));
         let lines: Vec<_> = cx
             .issues
             .iter()
@@ -492,32 +691,31 @@ mod tests {
     }
 
     #[test]
-    fn nested_paths() {
-        let node = tree("list:\n  - x: 1\n  - x: oops\n");
+    fn nested_paths_and_kept_items() {
+        let node = tree("list:\n  - 1\n  - oops\n  - 3\n");
         let mut cx = Cx::default();
-        let mut fields = Fields::new(&mut cx, &node).unwrap();
-        let _ = fields.opt_with(&mut cx, "list", Vec::<Inner>::decode);
-        assert_eq!(cx.issues[0].path, "list[1].x");
+        let mut keys = Keys::new(&mut cx, &node).unwrap();
+        let list: Option<Vec<u32>> = keys.read(&mut cx, "list", &[], None);
+        assert_eq!(list, Some(vec![1, 3]), "a failed item is left out");
+        assert_eq!(cx.issues[0].path, "list[1]");
         assert_eq!(cx.issues[0].line, Some(3));
-    }
-
-    struct Inner;
-    impl Decode for Inner {
-        fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
-            let mut fields = Fields::new(cx, node)?;
-            let x: Option<u32> = fields.req(cx, "x");
-            fields.finish(cx, &["x"], &[]).then_some(())?;
-            x.map(|_| Inner)
-        }
+        assert_eq!(cx.source_index("list", 1), 2);
+        assert_eq!(cx.source_index("other", 1), 1);
     }
 
     #[test]
     fn quoted_numbers_are_not_numbers() {
         let node = tree("a: \"1\"\n");
         let mut cx = Cx::default();
-        let mut fields = Fields::new(&mut cx, &node).unwrap();
-        let a: Option<u32> = fields.opt(&mut cx, "a");
+        let mut keys = Keys::new(&mut cx, &node).unwrap();
+        let a: Option<u32> = keys.read(&mut cx, "a", &[], None);
         assert_eq!(a, None);
         assert_eq!(cx.issues.len(), 1);
+    }
+
+    #[test]
+    fn words_read_as_docs() {
+        assert_eq!(words_name(&["a", "b", "c"]), "`a`, `b` or `c`");
+        assert_eq!(words_name(&["a"]), "`a`");
     }
 }

@@ -1,16 +1,29 @@
 //! Configuration: YAML file → validated [`Config`], or every problem at once.
 //!
 //! The pipeline is `yaml::parse` (text → [`yaml::Node`] tree with lines) →
-//! [`Decode`] (tree → typed values, defaults filled, ranges checked) →
-//! [`validate`] (cross-references) → [`Overrides`] (CLI flags). Nothing
-//! else in breakwater parses config; `crate::reload` swaps a new one in.
+//! [`Overrides`] (command-line flags written into the tree) → decoding
+//! (tree → typed sections, defaults filled, values checked) → `validate`
+//! (what spans sections). Decoding recovers from each problem, so all of
+//! them are reported in one run, each with its key path and line — or the
+//! flag it came from. Nothing else in breakwater parses config;
+//! `crate::reload` swaps a new one in.
+//!
+//! Each section is declared once (`section!` in `declare.rs`): its keys,
+//! defaults, checks and docs. The decoder, `Default`, the effective-config
+//! printout of `breakwater check` ([`Config::to_yaml`]), the JSON Schema of
+//! `breakwater schema` ([`schema`]) and `docs/CONFIG.md`
+//! ([`reference_markdown`]) are generated from those declarations.
 //!
 //! With no file, breakwater runs [`DEFAULT_CONFIG`], which goes through the
 //! same pipeline so the embedded default can never drift from the rules.
 
+#[macro_use]
+mod declare;
+mod checks;
 mod decode;
 mod model;
 pub mod policy;
+pub(crate) mod reference;
 mod supervisor;
 mod validate;
 pub mod yaml;
@@ -18,14 +31,24 @@ pub mod yaml;
 use std::net::SocketAddr;
 use std::path::Path;
 
-pub use decode::{ByteSize, ConfigIssue, Cx, Decode};
+pub use declare::{KeyDoc, SectionDoc};
+pub use decode::{ByteSize, ConfigIssue, ConfigValue, Cx};
 pub use model::*;
+pub use policy::{
+    Backoff, BreakerWindow, Bulkhead, CircuitBreaker, HealthCheck, OutlierDetection, Probe,
+    RateLimit, Retry, RetryBudget, RetryOn, Toggle,
+};
+pub use reference::{reference, reference_markdown, schema};
+
+use yaml::{Node, Value};
 
 /// The embedded default of SPEC §8.3: one catch-all route to
 /// `127.0.0.1:8080`, admin on loopback.
 pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 
-/// Command-line values that override the file.
+/// Command-line values that override the file. Each flag that is set is
+/// written into the config tree before it is read, so its value gets the
+/// same checks as the file's; a problem with it names the flag.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// `--listen`: the address of the (single) listener.
@@ -40,13 +63,108 @@ pub struct Overrides {
     pub command: Vec<String>,
 }
 
+impl Overrides {
+    /// Each flag that is set, as written (`--admin 127.0.0.1:15000`), with
+    /// the key path it sets; an issue at or under that path is the flag's.
+    pub fn flags(&self) -> Vec<(String, &'static str)> {
+        let mut flags = Vec::new();
+        if let Some(listen) = self.listen {
+            flags.push((format!("--listen {listen}"), "listeners[0].listen"));
+        }
+        if let Some(upstream) = &self.upstream {
+            flags.push((format!("--upstream {upstream}"), "upstreams[0].endpoints"));
+        }
+        if let Some(admin) = self.admin {
+            flags.push((format!("--admin {admin}"), "admin.listen"));
+        }
+        if let Some(threads) = self.threads {
+            flags.push((format!("--threads {threads}"), "runtime.threads"));
+        }
+        if !self.command.is_empty() {
+            flags.push((
+                format!("-- {}", self.command.join(" ")),
+                "supervisor.process",
+            ));
+        }
+        flags
+    }
+
+    /// Writes the flags that are set into `tree`. A flag that cannot apply
+    /// (`--listen` with two listeners) is an issue.
+    fn apply(&self, tree: &mut Node, cx: &mut Cx) {
+        if !matches!(tree.value, Value::Map(_) | Value::Null) {
+            return; // "expected a mapping" is reported by decoding.
+        }
+        for (flag, path) in self.flags() {
+            let value = match path {
+                "listeners[0].listen" => self.listen.map(|a| Node::string(a.to_string(), 0)),
+                "upstreams[0].endpoints" => self.upstream.as_ref().map(|endpoint| Node {
+                    value: Value::Seq(vec![Node::string(endpoint.as_str(), 0)]),
+                    line: 0,
+                    from_env: false,
+                }),
+                "admin.listen" => self.admin.map(|a| Node::string(a.to_string(), 0)),
+                "runtime.threads" => self.threads.map(|n| Node {
+                    value: Value::Scalar {
+                        text: n.to_string(),
+                        quoted: false,
+                    },
+                    line: 0,
+                    from_env: false,
+                }),
+                _ => supervisor::command_node(&self.command, 0),
+            };
+            let Some(value) = value else { continue };
+            match slot(tree, path) {
+                Ok(slot) => *slot = value,
+                Err(message) => cx.error_at(&flag, None, message),
+            }
+        }
+    }
+
+    /// Moves an issue on a key a flag set over to that flag.
+    fn attribute(&self, issue: &mut ConfigIssue) {
+        for (flag, path) in self.flags() {
+            let under = issue.path.strip_prefix(path);
+            if under.is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '['])) {
+                issue.path = flag;
+                issue.line = None;
+                return;
+            }
+        }
+    }
+}
+
+/// The node at `path` (one of [`Overrides::flags`]' paths), made if absent.
+fn slot<'t>(tree: &'t mut Node, path: &str) -> Result<&'t mut Node, &'static str> {
+    let (list, rest) = match path.split_once("[0].") {
+        Some((list, rest)) => (Some(list), rest),
+        None => (None, path),
+    };
+    let mut node = tree;
+    if let Some(list) = list {
+        let what = match list {
+            "listeners" => "needs a config with exactly one listener",
+            _ => "needs a config with exactly one upstream",
+        };
+        node = match node.entry(list).map(|node| &mut node.value) {
+            Some(Value::Seq(items)) if items.len() == 1 => &mut items[0],
+            _ => return Err(what),
+        };
+    }
+    for key in rest.split('.') {
+        node = node.entry(key).ok_or("the config has no mapping here")?;
+    }
+    Ok(node)
+}
+
 /// Why a config was refused: every issue found, and where the text came from.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", render_issues(.source_name, .issues))]
 pub struct ConfigError {
     /// File name or `<embedded default>`.
     pub source_name: String,
-    /// Every problem, each with key path and line.
+    /// Every problem, each with key path and line, or the flag.
     pub issues: Vec<ConfigIssue>,
 }
 
@@ -88,7 +206,7 @@ pub fn load_str(
         issues,
     };
     let env = |name: &str| std::env::var(name).ok();
-    let tree = yaml::parse(text, &env).map_err(|error| {
+    let mut tree = yaml::parse(text, &env).map_err(|error| {
         fail(vec![ConfigIssue {
             path: String::new(),
             line: Some(error.line),
@@ -96,17 +214,25 @@ pub fn load_str(
         }])
     })?;
     let mut cx = Cx::default();
+    overrides.apply(&mut tree, &mut cx);
     let config = Config::decode(&mut cx, &tree);
-    match config {
-        Some(mut config) if cx.issues.is_empty() => {
-            apply_overrides(&mut config, overrides, &mut cx);
-            validate::validate(&config, &tree, &mut cx);
-            if cx.issues.is_empty() {
-                Ok(config)
-            } else {
-                Err(fail(cx.issues))
+    if let Some(config) = &config {
+        let decoded = cx.issues.len();
+        validate::validate(config, &tree, &mut cx);
+        // One issue per key: a cross-section check on a value decoding
+        // already complained about would only repeat it.
+        let follow_ons = cx.issues.split_off(decoded);
+        for issue in follow_ons {
+            if !cx.issues.iter().any(|earlier| earlier.path == issue.path) {
+                cx.issues.push(issue);
             }
         }
+    }
+    for issue in &mut cx.issues {
+        overrides.attribute(issue);
+    }
+    match config {
+        Some(config) if cx.issues.is_empty() => Ok(config),
         _ => {
             if cx.issues.is_empty() {
                 cx.issues.push(ConfigIssue {
@@ -120,59 +246,14 @@ pub fn load_str(
     }
 }
 
-fn apply_overrides(config: &mut Config, overrides: &Overrides, cx: &mut Cx) {
-    if let Some(listen) = overrides.listen {
-        match config.listeners.as_mut_slice() {
-            [only] => only.listen = listen,
-            _ => cx.error_at("--listen", None, "needs a config with exactly one listener"),
-        }
-    }
-    if let Some(upstream) = &overrides.upstream {
-        match config.upstreams.as_mut_slice() {
-            [only] => only.endpoints = vec![upstream.clone()],
-            _ => cx.error_at(
-                "--upstream",
-                None,
-                "needs a config with exactly one upstream",
-            ),
-        }
-        if upstream
-            .parse::<http::uri::Authority>()
-            .ok()
-            .and_then(|a| a.port_u16())
-            .is_none()
-        {
-            cx.error_at(
-                "--upstream",
-                None,
-                format!("expected host:port like 127.0.0.1:8080, found {upstream:?}"),
-            );
-        }
-    }
-    if let Some(admin) = overrides.admin {
-        config.admin.listen = admin;
-    }
-    if let Some(threads) = overrides.threads {
-        config.runtime.threads = Some(threads);
-    }
-    if let Some(process) = Process::from_command(&overrides.command) {
-        config.supervisor.process = Some(process);
-    }
-}
-
 impl Config {
-    /// The effective config as YAML, defaults filled in and secrets redacted:
-    /// what `breakwater check` prints. It loads back to the same config.
+    /// The effective config as YAML, defaults filled in and secrets shown
+    /// as `<redacted>`: what `breakwater check` prints. It loads back to the
+    /// same config (the secrets aside).
     pub fn to_yaml(&self) -> String {
-        let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         let mut out = String::new();
-        write_yaml(&mut out, &value, 0);
+        write_yaml(&mut out, &self.to_json(), 0);
         out
-    }
-
-    /// Finds an upstream by name.
-    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
-        self.upstreams.iter().find(|upstream| upstream.name == name)
     }
 }
 
@@ -189,7 +270,7 @@ fn write_yaml(out: &mut String, value: &serde_json::Value, indent: usize) {
                         out.push_str(&format!("{pad}{key}:\n"));
                         write_yaml(out, value, indent + 2);
                     }
-                    J::Array(items) if !items.is_empty() => {
+                    J::Array(items) if !items.is_empty() && !is_flat(items) => {
                         out.push_str(&format!("{pad}{key}:\n"));
                         write_yaml(out, value, indent);
                     }
@@ -213,16 +294,19 @@ fn write_yaml(out: &mut String, value: &serde_json::Value, indent: usize) {
     }
 }
 
+fn is_flat(items: &[serde_json::Value]) -> bool {
+    items
+        .iter()
+        .all(|item| !item.is_object() && !item.is_array())
+}
+
 fn inline(value: &serde_json::Value) -> String {
     match value {
-        serde_json::Value::Array(items)
-            if items
-                .iter()
-                .all(|item| !item.is_object() && !item.is_array()) =>
-        {
+        serde_json::Value::Array(items) if is_flat(items) => {
             let parts: Vec<String> = items.iter().map(inline).collect();
             format!("[{}]", parts.join(", "))
         }
+        serde_json::Value::Object(map) if map.is_empty() => "{}".to_owned(),
         serde_json::Value::Null => "null".to_owned(),
         other => other.to_string(),
     }

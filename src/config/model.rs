@@ -1,146 +1,180 @@
 //! The validated config: the only config types the rest of breakwater sees.
 //!
-//! Each type's [`Decode`] impl reads its YAML mapping key by key, fills in
-//! the SPEC §8.4 defaults and checks value ranges; [`super::validate`] then
-//! checks what spans several sections (names unique, references resolve).
-//! Field docs double as the config reference; `config/breakwater.yaml` is
-//! the annotated example.
+//! Each section is declared once with `section!` (see [`super::declare`]):
+//! its keys, their defaults (SPEC §8.4), their value checks and their docs.
+//! The decoder, `Default`, the `breakwater check` printout, the JSON Schema
+//! and `docs/CONFIG.md` all come from these declarations; a `validate:`
+//! hook holds what spans keys. [`super::validate`] checks what spans
+//! sections (names unique, references resolve).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde_json::Value as Json;
 
-use super::decode::{one_of, parse_with, ser_duration, ByteSize, Cx, Decode, Fields};
+use super::checks::{
+    above_zero, at_least, between, host_ports, non_empty, plain_name, url_path, Check, Checked,
+    Fault,
+};
+use super::declare::child;
+use super::decode::{ByteSize, ConfigValue, Cx, Keys};
 use super::policy::{
-    self, Bulkhead, CircuitBreaker, HealthCheck, OutlierDetection, RateLimit, Retry, Toggle,
+    Bulkhead, CircuitBreaker, HealthCheck, OutlierDetection, RateLimit, Retry, Toggle,
 };
 use super::yaml::Node;
+use crate::events::{Severity, WebhookFormat};
 
-fn ser_opt_duration<S: serde::Serializer>(
-    duration: &Option<Duration>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match duration {
-        Some(duration) => ser_duration(duration, serializer),
-        None => serializer.serialize_none(),
+pub use super::supervisor::{
+    CrashLoop, ErrorRate, Failback, LogPattern, Process, Recovery, RecoveryAction, RestartBackoff,
+    RestartPolicy, Signal, Supervisor, Triggers,
+};
+
+// === the file ===
+
+section! {
+    /// The whole config file.
+    pub struct Config {
+        /// Worker threads.
+        runtime: Runtime = Runtime::default(),
+        /// The operator port.
+        admin: Admin = Admin::default(),
+        /// Global defaults for the hostile-input limits; each listener may
+        /// override any of them.
+        limits: Limits = Limits::default(),
+        /// Where traffic comes in, and its routes.
+        listeners: Vec<Listener>,
+        /// Where traffic goes.
+        upstreams: Vec<Upstream>,
+        /// The embedded supervisor.
+        supervisor: Supervisor = Supervisor::default(),
+        /// The memory watermark ladder.
+        overload: Overload = Overload::default(),
+        /// Where events are sent.
+        alerts: Alerts = Alerts::default(),
+    }
+    later: ["degradation", "config_rollback"],
+    validate: inherit_limits,
+}
+
+/// A listener's `limits:` start from the global `limits:`, key by key: a
+/// key the listener does not write keeps the global value.
+fn inherit_limits(config: &mut Config, keys: &Keys<'_>, cx: &mut Cx) {
+    let listeners = keys.get("listeners");
+    for (index, listener) in config.listeners.iter_mut().enumerate() {
+        let source = cx.source_index("listeners", index);
+        let limits = listeners
+            .and_then(|node| match &node.value {
+                super::yaml::Value::Seq(items) => items.get(source),
+                _ => None,
+            })
+            .and_then(|node| child(node, "limits"));
+        match limits {
+            Some(node) => listener.limits.inherit(&config.limits, node),
+            None => listener.limits = config.limits.clone(),
+        }
     }
 }
 
-/// The whole config file.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Config {
-    /// Worker threads and the like.
-    pub runtime: Runtime,
-    /// The operator port.
-    pub admin: Admin,
-    /// Global defaults for the hostile-input limits; listeners may override.
-    pub limits: Limits,
-    /// Where traffic comes in, and its routes.
-    pub listeners: Vec<Listener>,
-    /// Where traffic goes.
-    pub upstreams: Vec<Upstream>,
-    /// Supervisor settings (this build: drain only).
-    pub supervisor: Supervisor,
-    /// The memory watermark ladder.
-    pub overload: Overload,
-    /// Where events are sent.
-    pub alerts: Alerts,
-}
-
-/// `alerts:` (SPEC §5.6).
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
-pub struct Alerts {
-    /// Each receives every event at or above its `min_severity`.
-    pub webhooks: Vec<Webhook>,
-}
-
-/// `alerts.webhooks[]:`
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Webhook {
-    /// `http://host:port/path`. Never printed: a Slack URL is a secret.
-    pub url: Secret,
-    /// `json` (the event) or `slack` (`{"text": …}`). Default json.
-    pub format: String,
-    /// `info`, `warning` (default) or `critical`.
-    pub min_severity: String,
-}
-
-impl Webhook {
-    /// The events module's validated webhook, if this one is valid.
-    pub fn to_config(&self) -> Option<crate::events::WebhookConfig> {
-        let format = crate::events::WebhookFormat::from_name(&self.format)?;
-        let severity = crate::events::Severity::from_name(&self.min_severity)?;
-        crate::events::WebhookConfig::new(self.url.0.clone(), format, severity).ok()
+impl Config {
+    /// Finds an upstream by name.
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|upstream| upstream.name == name)
     }
 }
 
-impl Decode for Webhook {
-    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
-        let mut fields = Fields::new(cx, node)?;
-        let url: Option<String> = fields.req(cx, "url");
-        let format: String = fields.or(cx, "format", "json".to_owned());
-        if crate::events::WebhookFormat::from_name(&format).is_none() {
-            cx.error_at(
-                "format",
-                fields.key_line("format"),
-                format!("expected json or slack, found {format:?}"),
-            );
-        }
-        let min_severity: String = fields.or(cx, "min_severity", "warning".to_owned());
-        if crate::events::Severity::from_name(&min_severity).is_none() {
-            cx.error_at(
-                "min_severity",
-                fields.key_line("min_severity"),
-                format!("expected info, warning or critical, found {min_severity:?}"),
-            );
-        }
-        if let Some(url) = &url {
-            if let Err(error) = crate::events::WebhookConfig::new(
-                url.clone(),
-                crate::events::WebhookFormat::Json,
-                crate::events::Severity::Info,
-            ) {
-                cx.error_at("url", fields.key_line("url"), error.to_string());
-            }
-        }
-        let complete = fields.finish(cx, &["url", "format", "min_severity"], &["headers"]);
-        complete.then_some(Webhook {
-            url: Secret(url?),
-            format,
-            min_severity,
-        })
+section! {
+    /// `runtime:` — settings fixed at start (a reload that changes them is
+    /// refused).
+    pub struct Runtime {
+        /// Worker threads; when unset, as many as the CPUs the process may
+        /// use (which honours a cgroup CPU quota).
+        #[check(between(1, 1024))]
+        #[default_text = "the CPUs the process may use"]
+        threads: Option<usize> = None,
     }
 }
 
-/// `overload:` (SPEC §11).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Overload {
-    /// breakwater's own RSS limit: at 85% keep-alive stops, at 95% new
-    /// requests are shed (503 overload); each step is left 5 points lower.
-    /// Default 256MiB.
-    pub memory: ByteSize,
-}
+// === admin ===
 
-/// `runtime:`
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Runtime {
-    /// Worker threads; `None` means as many as the CPUs the process may use
-    /// (which honours a cgroup CPU quota).
-    pub threads: Option<usize>,
-}
-
-/// `admin:`
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `admin:` (SPEC §6) — the operator port; read through `AdminKeys`,
+/// where `token_env` becomes the token.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
-    /// Address of the admin server. Default `127.0.0.1:15000`.
+    /// Address of the admin server.
     pub listen: SocketAddr,
     /// Bearer token required by mutating calls, from `token` or the
     /// environment variable named by `token_env`. Never printed.
     pub token: Option<Secret>,
 }
 
-/// A value that must not be printed: serializes as `<redacted>`.
+section! {
+    /// `admin:` (SPEC §6) — the operator port. Mutating calls need the
+    /// token when one is set; a non-loopback address without a token is
+    /// refused.
+    pub(crate) struct AdminKeys {
+        /// Address of the admin server.
+        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 15000)),
+        /// Bearer token for mutating calls. Never printed.
+        #[check(non_empty("a non-empty token"))]
+        token: Option<Secret> = None,
+        /// Or: the environment variable that holds the token.
+        token_env: Option<String> = None,
+    }
+    validate: resolve_token_env,
+}
+
+fn resolve_token_env(admin: &mut AdminKeys, keys: &Keys<'_>, cx: &mut Cx) {
+    let Some(name) = admin.token_env.take() else {
+        return;
+    };
+    if admin.token.is_some() {
+        keys.error(cx, "token_env", "give either token or token_env, not both");
+        return;
+    }
+    match std::env::var(&name) {
+        Ok(value) if value.is_empty() => {
+            keys.error(cx, "token_env", "the admin token must not be empty")
+        }
+        Ok(value) => admin.token = Some(Secret(value)),
+        Err(_) => keys.error(
+            cx,
+            "token_env",
+            format!("environment variable {name:?} is not set"),
+        ),
+    }
+}
+
+impl From<AdminKeys> for Admin {
+    fn from(keys: AdminKeys) -> Self {
+        Admin {
+            listen: keys.listen,
+            token: keys.token,
+        }
+    }
+}
+
+fn admin_from_keys(_: &mut Cx, _: &Node, keys: AdminKeys) -> Option<Admin> {
+    Some(keys.into())
+}
+
+fn admin_to_keys(admin: &Admin) -> AdminKeys {
+    AdminKeys {
+        listen: admin.listen,
+        token: admin.token.clone(),
+        token_env: None,
+    }
+}
+
+via_keys!(Admin => AdminKeys, decode: admin_from_keys, encode: admin_to_keys);
+
+impl Default for Admin {
+    fn default() -> Self {
+        AdminKeys::default().into()
+    }
+}
+
+/// A value that must not be printed: shows as `<redacted>` in the
+/// effective config and in `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 
@@ -150,718 +184,329 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str("<redacted>")
-    }
-}
-
-/// `limits:` (SPEC §11), globally and per listener.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Limits {
-    /// Longest request line. Default 8KiB. → 414.
-    pub max_request_line: ByteSize,
-    /// Largest request header block. Default 60KiB. → 431.
-    pub max_header_bytes: ByteSize,
-    /// Most header fields in one request. Default 100.
-    pub max_headers: usize,
-    /// Open downstream connections per listener; beyond it new connections
-    /// are closed at once. Default 20000.
-    pub max_connections: usize,
-    /// Time a client has to send a complete request head. Default 10s.
-    #[serde(serialize_with = "ser_duration")]
-    pub header_read: Duration,
-    /// Idle keep-alive connections are closed after this. Default 60s.
-    #[serde(serialize_with = "ser_duration")]
-    pub idle: Duration,
-    /// Longest pause while a client sends a request body. Default 30s.
-    #[serde(serialize_with = "ser_duration")]
-    pub body_read_idle: Duration,
-    /// Largest request body; `None` (the default) streams any size. A
-    /// declared length over it gets 413 before anything is forwarded; a
-    /// chunked body that grows past it ends the connection.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_body_bytes: Option<ByteSize>,
-    /// HTTP/2 limits.
-    pub h2: H2Limits,
-}
-
-/// `limits.h2:`
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct H2Limits {
-    /// Concurrent streams per connection. Default 100.
-    pub max_concurrent_streams: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_request_line: ByteSize(8 * 1024),
-            max_header_bytes: ByteSize(60 * 1024),
-            max_headers: 100,
-            max_connections: 20_000,
-            header_read: Duration::from_secs(10),
-            idle: Duration::from_secs(60),
-            body_read_idle: Duration::from_secs(30),
-            max_body_bytes: None,
-            h2: H2Limits {
-                max_concurrent_streams: 100,
-            },
-        }
-    }
-}
-
-const LIMIT_KEYS: &[&str] = &[
-    "max_request_line",
-    "body_read_idle",
-    "max_body_bytes",
-    "max_header_bytes",
-    "max_headers",
-    "max_connections",
-    "header_read",
-    "idle",
-    "h2",
-];
-
-impl Limits {
-    /// Reads a `limits:` mapping over `base`: absent keys keep base's value.
-    fn decode_over(cx: &mut Cx, node: &Node, base: &Limits) -> Option<Limits> {
-        let mut fields = Fields::new(cx, node)?;
-        let mut limits = base.clone();
-        if let Some(size) = fields.opt::<ByteSize>(cx, "max_header_bytes") {
-            if size.0 < 1024 || size.0 > 1 << 20 {
-                cx.error_at(
-                    "max_header_bytes",
-                    fields.key_line("max_header_bytes"),
-                    "must be between 1KiB and 1MiB",
-                );
-            }
-            limits.max_header_bytes = size;
-        }
-        if let Some(size) = fields.opt::<ByteSize>(cx, "max_request_line") {
-            if size.0 < 256 || size.0 > 64 * 1024 {
-                cx.error_at(
-                    "max_request_line",
-                    fields.key_line("max_request_line"),
-                    "must be between 256B and 64KiB",
-                );
-            }
-            limits.max_request_line = size;
-        }
-        if let Some(size) = fields.opt::<ByteSize>(cx, "max_body_bytes") {
-            limits.max_body_bytes = Some(size);
-        }
-        if let Some(d) = fields.opt::<Duration>(cx, "body_read_idle") {
-            positive(cx, &fields, "body_read_idle", d);
-            limits.body_read_idle = d;
-        }
-        if let Some(n) = fields.opt::<usize>(cx, "max_headers") {
-            if n == 0 || n > 10_000 {
-                cx.error_at(
-                    "max_headers",
-                    fields.key_line("max_headers"),
-                    "must be between 1 and 10000",
-                );
-            }
-            limits.max_headers = n;
-        }
-        if let Some(n) = fields.opt::<usize>(cx, "max_connections") {
-            if n == 0 {
-                cx.error_at(
-                    "max_connections",
-                    fields.key_line("max_connections"),
-                    "must be at least 1",
-                );
-            }
-            limits.max_connections = n;
-        }
-        if let Some(d) = fields.opt::<Duration>(cx, "header_read") {
-            positive(cx, &fields, "header_read", d);
-            limits.header_read = d;
-        }
-        if let Some(d) = fields.opt::<Duration>(cx, "idle") {
-            positive(cx, &fields, "idle", d);
-            limits.idle = d;
-        }
-        if let Some(h2) = fields.opt_with(cx, "h2", |cx, node| {
-            let mut fields = Fields::new(cx, node)?;
-            let streams = fields.or(cx, "max_concurrent_streams", base.h2.max_concurrent_streams);
-            if streams == 0 {
-                cx.error_at(
-                    "max_concurrent_streams",
-                    fields.key_line("max_concurrent_streams"),
-                    "must be at least 1",
-                );
-            }
-            fields
-                .finish(cx, &["max_concurrent_streams"], &["max_header_list_size"])
-                .then_some(H2Limits {
-                    max_concurrent_streams: streams,
-                })
-        }) {
-            limits.h2 = h2;
-        }
-        fields.finish(cx, LIMIT_KEYS, &[]).then_some(limits)
-    }
-}
-
-fn positive(cx: &mut Cx, fields: &Fields<'_>, key: &str, duration: Duration) {
-    if duration.is_zero() {
-        cx.error_at(key, fields.key_line(key), "must be greater than 0");
-    }
-}
-
-/// `listeners[]:`
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Listener {
-    /// Unique name, used in metrics and logs.
-    pub name: String,
-    /// Address to accept on.
-    pub listen: SocketAddr,
-    /// Effective limits: the global ones with this listener's overrides.
-    pub limits: Limits,
-    /// Keep `x-forwarded-proto`/`-host` from downstream instead of
-    /// overwriting them. Default false: clients' headers are not trusted.
-    pub trust_forwarded: bool,
-    /// Routes, tried in order; the first match wins.
-    pub routes: Vec<Route>,
-}
-
-/// `listeners[].routes[]:`
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Route {
-    /// Unique name across all listeners (a metrics label).
-    pub name: String,
-    /// When this route applies.
-    #[serde(rename = "match")]
-    pub matcher: RouteMatch,
-    /// Name of the upstream that serves it.
-    pub upstream: String,
-    /// Request timeouts.
-    pub timeouts: RouteTimeouts,
-    /// Token bucket; none unless set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimit>,
-    /// The circuit breaker (on by default).
-    pub circuit_breaker: Toggle<CircuitBreaker>,
-    /// The bulkhead (on by default).
-    pub bulkhead: Toggle<Bulkhead>,
-    /// Retries (default: one attempt, i.e. none).
-    pub retry: Retry,
-}
-
-/// `routes[].match:` — every given condition must hold.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
-pub struct RouteMatch {
-    /// `Host` (or `:authority`) without port, compared case-insensitively.
-    /// A leading `*.` matches any subdomain.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    /// Path starts with this.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path_prefix: Option<String>,
-    /// Path equals this (query string excluded).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path_exact: Option<String>,
-    /// Allowed methods; empty means any.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
-    /// Headers that must be present with exactly these values.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<(String, String)>,
-}
-
-/// `routes[].timeouts:`
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RouteTimeouts {
-    /// Time until the upstream's response headers. Default 15s. → 504.
-    #[serde(serialize_with = "ser_duration")]
-    pub request: Duration,
-    /// Time for each try when retries are on; at most `request`.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "ser_opt_duration"
-    )]
-    pub per_try: Option<Duration>,
-}
-
-/// `upstreams[]:`
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Upstream {
-    /// Unique name, referenced by routes.
-    pub name: String,
-    /// `host:port` of each primary endpoint; requests go round robin.
-    pub endpoints: Vec<String>,
-    /// `host:port` of backup endpoints, used after a failover.
-    pub backup: Vec<String>,
-    /// Protocol spoken to the endpoints.
-    pub protocol: Protocol,
-    /// Time allowed to open a TCP connection. Default 1s. → 502.
-    #[serde(serialize_with = "ser_duration")]
-    pub connect_timeout: Duration,
-    /// Passive health from live traffic (on by default).
-    pub outlier_detection: Toggle<OutlierDetection>,
-    /// Active probes of each endpoint; none unless set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<HealthCheck>,
-}
-
-/// `upstreams[].protocol`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// HTTP/1.1 (default).
-    Http1,
-    /// HTTP/2 with prior knowledge (h2c).
-    Http2,
-    /// The downstream request's own version.
-    Auto,
-}
-
-pub use super::supervisor::{
-    CrashLoop, ErrorRate, Failback, LogPattern, Process, Recovery, RestartBackoff, Supervisor,
-    Triggers,
-};
-
-// === impl Decode ===
-
-const ROOT_KEYS: &[&str] = &[
-    "runtime",
-    "admin",
-    "limits",
-    "listeners",
-    "upstreams",
-    "supervisor",
-    "overload",
-    "alerts",
-];
-const ROOT_LATER: &[&str] = &["degradation", "config_rollback"];
-
-impl Decode for Config {
+impl ConfigValue for Secret {
     fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
-        let mut fields = Fields::new(cx, node)?;
-        let runtime = fields.opt_with(cx, "runtime", |cx, node| {
-            let mut fields = Fields::new(cx, node)?;
-            let threads: Option<usize> = fields.opt(cx, "threads");
-            if threads == Some(0) || threads.is_some_and(|n| n > 1024) {
-                cx.error_at(
-                    "threads",
-                    fields.key_line("threads"),
-                    "must be between 1 and 1024",
-                );
-            }
-            fields
-                .finish(cx, &["threads"], &[])
-                .then_some(Runtime { threads })
-        });
-        let admin = fields.opt_with(cx, "admin", decode_admin);
-        let limits = fields
-            .opt_with(cx, "limits", |cx, node| {
-                Limits::decode_over(cx, node, &Limits::default())
-            })
-            .unwrap_or_default();
-        let listeners = fields.req_with(cx, "listeners", |cx, node| {
-            decode_list(cx, node, |cx, node| decode_listener(cx, node, &limits))
-        });
-        let upstreams: Option<Vec<Upstream>> = fields.req(cx, "upstreams");
-        let supervisor: Option<Supervisor> = fields.opt(cx, "supervisor");
-        let overload = fields.opt_with(cx, "overload", |cx, node| {
-            let mut fields = Fields::new(cx, node)?;
-            let memory = fields.or(cx, "memory", ByteSize(256 << 20));
-            if memory.0 < 1 << 20 {
-                cx.error_at("memory", fields.key_line("memory"), "must be at least 1MiB");
-            }
-            fields
-                .finish(cx, &["memory"], &[])
-                .then_some(Overload { memory })
-        });
-        let alerts = fields.opt_with(cx, "alerts", |cx, node| {
-            let mut fields = Fields::new(cx, node)?;
-            let webhooks = fields.opt(cx, "webhooks").unwrap_or_default();
-            fields
-                .finish(cx, &["webhooks"], &[])
-                .then_some(Alerts { webhooks })
-        });
-        let complete = fields.finish(cx, ROOT_KEYS, ROOT_LATER);
-        let config = Config {
-            runtime: runtime.unwrap_or(Runtime { threads: None }),
-            admin: admin.unwrap_or(Admin {
-                listen: default_admin(),
-                token: None,
-            }),
-            limits,
-            listeners: listeners?,
-            upstreams: upstreams?,
-            supervisor: supervisor.unwrap_or_default(),
-            alerts: alerts.unwrap_or_default(),
-            overload: overload.unwrap_or(Overload {
-                memory: ByteSize(256 << 20),
-            }),
-        };
-        complete.then_some(config)
+        String::decode(cx, node).map(Secret)
+    }
+    fn to_json(&self) -> Json {
+        Json::from("<redacted>")
+    }
+    fn schema() -> Json {
+        String::schema()
+    }
+    fn type_name() -> String {
+        "string (secret: printed as `<redacted>`)".to_owned()
     }
 }
 
-/// The SPEC's admin address.
-pub fn default_admin() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 15000))
-}
+serialize_as_json!(Secret);
 
-fn decode_list<T>(
-    cx: &mut Cx,
-    node: &Node,
-    item: impl Fn(&mut Cx, &Node) -> Option<T>,
-) -> Option<Vec<T>> {
-    let Some(items) = (match &node.value {
-        super::yaml::Value::Seq(items) => Some(items),
-        _ => None,
-    }) else {
-        cx.expected(node, "a list");
-        return None;
-    };
-    let mut out = Vec::with_capacity(items.len());
-    let mut ok = true;
-    for (index, node) in items.iter().enumerate() {
-        match cx.at_index(index, |cx| item(cx, node)) {
-            Some(value) => out.push(value),
-            None => ok = false,
-        }
+impl Checked for Secret {
+    type Item = String;
+    fn item(&self) -> Option<&String> {
+        Some(&self.0)
     }
-    ok.then_some(out)
 }
 
-fn decode_admin(cx: &mut Cx, node: &Node) -> Option<Admin> {
-    let mut fields = Fields::new(cx, node)?;
-    let listen = fields.or(cx, "listen", default_admin());
-    let token: Option<String> = fields.opt(cx, "token");
-    let token_env: Option<String> = fields.opt(cx, "token_env");
-    let token = match (token, token_env) {
-        (Some(_), Some(_)) => {
-            cx.error_at(
-                "token_env",
-                fields.key_line("token_env"),
-                "give either token or token_env, not both",
-            );
-            None
-        }
-        (Some(token), None) => Some(token),
-        (None, Some(name)) => match std::env::var(&name) {
-            Ok(value) => Some(value),
-            Err(_) => {
-                cx.error_at(
-                    "token_env",
-                    fields.key_line("token_env"),
-                    format!("environment variable {name:?} is not set"),
-                );
-                None
+// === limits ===
+
+section! {
+    /// `limits:` (SPEC §11) — the hostile-input limits (docs/SECURITY.md
+    /// gives the reason for each). Globally, and per listener, where each
+    /// key written overrides the global one.
+    pub struct Limits {
+        /// Longest request line. → 414.
+        #[check(between(ByteSize(256), ByteSize(64 << 10)))]
+        max_request_line: ByteSize = ByteSize(8 << 10),
+        /// Largest request header block. → 431.
+        #[check(between(ByteSize(1 << 10), ByteSize(1 << 20)))]
+        max_header_bytes: ByteSize = ByteSize(60 << 10),
+        /// Most header fields in one request. → 431.
+        #[check(between(1, 10_000))]
+        max_headers: usize = 100,
+        /// Open downstream connections per listener; beyond it new
+        /// connections are closed at once.
+        #[check(at_least(1))]
+        max_connections: usize = 20_000,
+        /// Time a client has to send a complete request head (the first
+        /// request: from accept). → 408, close.
+        #[check(above_zero())]
+        header_read: Duration = Duration::from_secs(10),
+        /// Idle keep-alive connections are closed after this.
+        #[check(above_zero())]
+        idle: Duration = Duration::from_secs(60),
+        /// Longest pause while a client sends a request body. → close.
+        #[check(above_zero())]
+        body_read_idle: Duration = Duration::from_secs(30),
+        /// Largest request body; unset, any size streams. A declared length
+        /// over it gets 413 before anything is forwarded; a chunked body
+        /// that grows past it ends the connection.
+        #[default_text = "unlimited"]
+        max_body_bytes: Option<ByteSize> = None,
+        /// HTTP/2 limits.
+        h2: H2Limits = H2Limits::default(),
+    }
+}
+
+section! {
+    /// `limits.h2:`
+    pub struct H2Limits {
+        /// Concurrent streams per connection.
+        #[check(at_least(1))]
+        max_concurrent_streams: u32 = 100,
+    }
+    later: ["max_header_list_size"],
+}
+
+// === listeners and routes ===
+
+section! {
+    /// `listeners[]:` — an address breakwater accepts on (HTTP/1.1 and h2c
+    /// on the same port) and its routes. Adding, removing or moving a
+    /// listener needs a restart.
+    pub struct Listener {
+        /// Unique name, used in metrics and logs.
+        name: String,
+        /// Address to accept on.
+        listen: SocketAddr,
+        /// Overrides of the global `limits:`; each key not written here
+        /// keeps the global value.
+        #[default_text = "the global limits"]
+        limits: Limits = Limits::default(),
+        /// Keep `x-forwarded-proto`/`-host` from downstream instead of
+        /// overwriting them; clients' headers are not trusted unless set.
+        trust_forwarded: bool = false,
+        /// Routes, tried in order; the first match wins; no match → 404.
+        #[check(non_empty("at least one route"))]
+        routes: Vec<Route>,
+    }
+    later: ["tls", "transparent"],
+}
+
+section! {
+    /// `listeners[].routes[]:` (SPEC §3) — which requests go where, and the
+    /// policies on the way.
+    pub struct Route {
+        /// Unique name across all listeners (a metrics label).
+        #[check(plain_name())]
+        name: String,
+        /// When this route applies; every condition given must hold.
+        #[key = "match"]
+        matcher: RouteMatch = RouteMatch::default(),
+        /// Name of the upstream that serves it.
+        upstream: String,
+        /// Request timeouts.
+        timeouts: RouteTimeouts = RouteTimeouts::default(),
+        /// A token bucket; none unless set.
+        rate_limit: Option<RateLimit> = None,
+        /// The circuit breaker: on unless `false`.
+        #[default_text = "on"]
+        circuit_breaker: Toggle<CircuitBreaker> = Toggle::On(CircuitBreaker::default()),
+        /// The bulkhead: on unless `false`.
+        #[default_text = "on"]
+        bulkhead: Toggle<Bulkhead> = Toggle::On(Bulkhead::default()),
+        /// Retries (by default one attempt, i.e. none).
+        retry: Retry = Retry::default(),
+    }
+    later: ["priority", "fallback", "stale_if_error", "fault", "hedge", "hold"],
+}
+
+section! {
+    /// `routes[].match:` — every condition given must hold; none matches
+    /// every request.
+    pub struct RouteMatch {
+        /// `Host` (or `:authority`) without port, compared
+        /// case-insensitively. A leading `*.` matches any subdomain.
+        host: Option<String> = None,
+        /// Path starts with this.
+        #[check(url_path())]
+        path_prefix: Option<String> = None,
+        /// Path equals this (query string excluded).
+        #[check(url_path())]
+        path_exact: Option<String> = None,
+        /// Allowed methods; empty means any.
+        #[check(http_methods())]
+        methods: Vec<String> = Vec::new(),
+        /// Headers that must be present with exactly these values.
+        #[check(header_fields())]
+        headers: Vec<(String, String)> = Vec::new(),
+    }
+    later: ["port"],
+    validate: check_match,
+}
+
+fn check_match(matcher: &mut RouteMatch, keys: &Keys<'_>, cx: &mut Cx) {
+    if keys.has("path_prefix") && keys.has("path_exact") {
+        keys.error(cx, "path_exact", "give path_prefix or path_exact, not both");
+    }
+    if let Some(host) = &mut matcher.host {
+        host.make_ascii_lowercase();
+    }
+    for (name, _) in &mut matcher.headers {
+        name.make_ascii_lowercase();
+    }
+}
+
+/// HTTP methods, written in capitals.
+fn http_methods() -> Check<Vec<String>> {
+    Check::each(
+        "HTTP methods in capitals",
+        serde_json::json!({"items": {"pattern": "^[A-Z0-9!#$%&'*+.^_`|~-]+$"}}),
+        |method: &String| {
+            let valid = http::Method::from_bytes(method.as_bytes()).is_ok()
+                && !method.bytes().any(|b| b.is_ascii_lowercase());
+            if valid {
+                Ok(())
+            } else {
+                Err(format!(
+                    "expected an HTTP method in capitals like GET or POST, found {method:?}"
+                ))
             }
         },
-        (None, None) => None,
-    };
-    if token.as_deref() == Some("") {
-        cx.error_at(
-            "token",
-            fields.key_line("token").or(fields.key_line("token_env")),
-            "the admin token must not be empty",
-        );
-    }
-    fields
-        .finish(cx, &["listen", "token", "token_env"], &[])
-        .then_some(Admin {
-            listen,
-            token: token.map(Secret),
-        })
+    )
 }
 
-fn decode_listener(cx: &mut Cx, node: &Node, global: &Limits) -> Option<Listener> {
-    let mut fields = Fields::new(cx, node)?;
-    let name: Option<String> = fields.req(cx, "name");
-    let listen: Option<SocketAddr> = fields.req(cx, "listen");
-    let limits = fields.opt_with(cx, "limits", |cx, node| {
-        Limits::decode_over(cx, node, global)
-    });
-    let trust_forwarded = fields.or(cx, "trust_forwarded", false);
-    let routes: Option<Vec<Route>> = fields.req(cx, "routes");
-    if let Some(routes) = &routes {
-        if routes.is_empty() {
-            cx.error_at(
-                "routes",
-                fields.key_line("routes"),
-                "a listener needs at least one route",
-            );
-        }
-    }
-    let complete = fields.finish(
-        cx,
-        &["name", "listen", "limits", "trust_forwarded", "routes"],
-        &["tls", "transparent"],
-    );
-    let listener = Listener {
-        name: name?,
-        listen: listen?,
-        limits: limits.unwrap_or_else(|| global.clone()),
-        trust_forwarded,
-        routes: routes?,
-    };
-    complete.then_some(listener)
-}
-
-const ROUTE_KEYS: &[&str] = &[
-    "name",
-    "match",
-    "upstream",
-    "timeouts",
-    "rate_limit",
-    "circuit_breaker",
-    "bulkhead",
-    "retry",
-];
-const ROUTE_LATER: &[&str] = &[
-    "priority",
-    "fallback",
-    "stale_if_error",
-    "fault",
-    "hedge",
-    "hold",
-];
-
-impl Decode for Route {
-    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
-        let mut fields = Fields::new(cx, node)?;
-        let name: Option<String> = fields.req(cx, "name");
-        if let Some(name) = &name {
-            check_name(cx, &fields, "name", name);
-        }
-        let matcher = fields.opt(cx, "match").unwrap_or_default();
-        let upstream: Option<String> = fields.req(cx, "upstream");
-        let timeouts = fields.opt_with(cx, "timeouts", |cx, node| {
-            let mut fields = Fields::new(cx, node)?;
-            let request = fields.or(cx, "request", Duration::from_secs(15));
-            positive(cx, &fields, "request", request);
-            let per_try: Option<Duration> = fields.opt(cx, "per_try");
-            if per_try.is_some_and(|per_try| per_try.is_zero() || per_try > request) {
-                cx.error_at(
-                    "per_try",
-                    fields.key_line("per_try"),
-                    "must be above 0 and at most timeouts.request",
-                );
+/// Header names and values HTTP accepts.
+fn header_fields() -> Check<Vec<(String, String)>> {
+    Check::each(
+        "valid header names and values",
+        serde_json::json!({"propertyNames": {"pattern": "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"}}),
+        |(name, value): &(String, String)| {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                Err(format!("{name:?} is not a valid header name"))
+            } else if http::HeaderValue::from_str(value).is_err() {
+                Err(format!("{value:?} is not a valid header value"))
+            } else {
+                Ok(())
             }
-            fields
-                .finish(
-                    cx,
-                    &["request", "per_try"],
-                    &["connect", "idle", "header_read"],
-                )
-                .then_some(RouteTimeouts { request, per_try })
-        });
-        let rate_limit = fields.opt(cx, "rate_limit");
-        let circuit_breaker = fields
-            .opt_with(cx, "circuit_breaker", policy::decode_breaker)
-            .unwrap_or_else(|| Toggle::On(CircuitBreaker::default()));
-        let bulkhead = fields
-            .opt_with(cx, "bulkhead", policy::decode_bulkhead)
-            .unwrap_or_else(|| Toggle::On(Bulkhead::default()));
-        let retry = fields.opt(cx, "retry").unwrap_or_default();
-        let complete = fields.finish(cx, ROUTE_KEYS, ROUTE_LATER);
-        let route = Route {
-            name: name?,
-            matcher,
-            upstream: upstream?,
-            timeouts: timeouts.unwrap_or(RouteTimeouts {
-                request: Duration::from_secs(15),
-                per_try: None,
-            }),
-            rate_limit,
-            circuit_breaker,
-            bulkhead,
-            retry,
-        };
-        complete.then_some(route)
+        },
+    )
+}
+
+section! {
+    /// `routes[].timeouts:` (SPEC §3.3) — how long a request may take.
+    pub struct RouteTimeouts {
+        /// Time until the upstream's response headers, all tries included.
+        /// → 504.
+        #[check(above_zero())]
+        request: Duration = Duration::from_secs(15),
+        /// Time for each try when retries are on; at most `request`.
+        #[check(above_zero())]
+        per_try: Option<Duration> = None,
+    }
+    later: ["connect", "idle", "header_read"],
+    validate: check_timeouts,
+}
+
+fn check_timeouts(timeouts: &mut RouteTimeouts, keys: &Keys<'_>, cx: &mut Cx) {
+    if timeouts
+        .per_try
+        .is_some_and(|per_try| per_try > timeouts.request)
+    {
+        keys.error(cx, "per_try", "must be at most timeouts.request");
     }
 }
 
-/// Names become metric labels and URL path segments: keep them plain.
-fn check_name(cx: &mut Cx, fields: &Fields<'_>, key: &str, name: &str) {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if !valid {
-        cx.error_at(
-            key,
-            fields.key_line(key),
-            format!("names are 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'; found {name:?}"),
-        );
+// === upstreams ===
+
+section! {
+    /// `upstreams[]:` — a service breakwater forwards to.
+    pub struct Upstream {
+        /// Unique name, referenced by routes.
+        #[check(plain_name())]
+        name: String,
+        /// `host:port` of each primary endpoint; requests go round robin,
+        /// over keep-alive pools.
+        #[check(non_empty("at least one endpoint"), host_ports())]
+        endpoints: Vec<String>,
+        /// `host:port` of backup endpoints, used after a failover (by the
+        /// supervisor's ladder or `POST /upstreams/{name}/failover`).
+        #[check(host_ports())]
+        backup: Vec<String> = Vec::new(),
+        /// Protocol spoken to the endpoints.
+        protocol: Protocol = Protocol::Http1,
+        /// Time allowed to open a TCP connection. → 502.
+        #[check(above_zero())]
+        connect_timeout: Duration = Duration::from_secs(1),
+        /// Passive health from live traffic: on unless `false`.
+        #[default_text = "on"]
+        outlier_detection: Toggle<OutlierDetection> = Toggle::On(OutlierDetection::default()),
+        /// Active probes of each endpoint; none unless set.
+        health_check: Option<HealthCheck> = None,
+    }
+    later: ["tls", "slow_start"],
+}
+
+words! {
+    /// `upstreams[].protocol`
+    pub enum Protocol {
+        /// HTTP/1.1.
+        Http1 = "http1",
+        /// HTTP/2 with prior knowledge (h2c).
+        Http2 = "http2",
+        /// The downstream request's own version.
+        Auto = "auto",
     }
 }
 
-impl Decode for RouteMatch {
-    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
-        let mut fields = Fields::new(cx, node)?;
-        let host: Option<String> = fields.opt(cx, "host");
-        let path_prefix: Option<String> = fields.opt(cx, "path_prefix");
-        let path_exact: Option<String> = fields.opt(cx, "path_exact");
-        for (key, value) in [("path_prefix", &path_prefix), ("path_exact", &path_exact)] {
-            if value.as_ref().is_some_and(|path| !path.starts_with('/')) {
-                cx.error_at(key, fields.key_line(key), "a path must start with '/'");
-            }
-        }
-        if path_prefix.is_some() && path_exact.is_some() {
-            cx.error_at(
-                "path_exact",
-                fields.key_line("path_exact"),
-                "give path_prefix or path_exact, not both",
-            );
-        }
-        let methods = fields
-            .opt_with(cx, "methods", |cx, node| {
-                Vec::<String>::decode(cx, node).and_then(|methods| {
-                    let bad: Vec<&String> = methods
-                        .iter()
-                        .filter(|method| {
-                            http::Method::from_bytes(method.as_bytes()).is_err()
-                                || method.bytes().any(|b| b.is_ascii_lowercase())
-                        })
-                        .collect();
-                    if bad.is_empty() {
-                        Some(methods)
-                    } else {
-                        cx.error(
-                            node.line,
-                            format!(
-                                "expected HTTP methods in capitals like GET, POST; found {bad:?}"
-                            ),
-                        );
-                        None
-                    }
-                })
-            })
-            .unwrap_or_default();
-        let headers = fields
-            .opt_with(cx, "headers", |cx, node| {
-                let mut out = Vec::new();
-                let super::yaml::Value::Map(entries) = &node.value else {
-                    cx.expected(node, "a mapping of header name to value");
-                    return None;
-                };
-                for (key, value) in entries {
-                    let name = parse_with(cx, key, "a header name", |text| {
-                        http::HeaderName::from_bytes(text.as_bytes())
-                            .map(|name| name.as_str().to_owned())
-                            .map_err(|_| format!("{text:?} is not a valid header name"))
-                    });
-                    let value = String::decode(cx, value);
-                    if let (Some(name), Some(value)) = (name, value) {
-                        if http::HeaderValue::from_str(&value).is_err() {
-                            cx.error(key.line, format!("{value:?} is not a valid header value"));
-                        }
-                        out.push((name, value));
-                    }
-                }
-                Some(out)
-            })
-            .unwrap_or_default();
-        let complete = fields.finish(
-            cx,
-            &["host", "path_prefix", "path_exact", "methods", "headers"],
-            &["port"],
-        );
-        complete.then_some(RouteMatch {
-            host: host.map(|host| host.to_ascii_lowercase()),
-            path_prefix,
-            path_exact,
-            methods,
-            headers,
-        })
+// === overload and alerts ===
+
+section! {
+    /// `overload:` (SPEC §11) — breakwater's own memory watermarks.
+    pub struct Overload {
+        /// breakwater's own RSS limit: at 85% keep-alive stops, at 95% new
+        /// requests are shed (503 overload); each step is left 5 points
+        /// lower.
+        #[check(at_least(ByteSize(1 << 20)))]
+        memory: ByteSize = ByteSize(256 << 20),
     }
 }
 
-impl Decode for Upstream {
-    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
-        let mut fields = Fields::new(cx, node)?;
-        let name: Option<String> = fields.req(cx, "name");
-        if let Some(name) = &name {
-            check_name(cx, &fields, "name", name);
-        }
-        let endpoints = fields.req_with(cx, "endpoints", decode_endpoints);
-        if endpoints.as_ref().is_some_and(Vec::is_empty) {
-            cx.error_at(
-                "endpoints",
-                fields.key_line("endpoints"),
-                "an upstream needs at least one endpoint",
-            );
-        }
-        let backup = fields
-            .opt_with(cx, "backup", decode_endpoints)
-            .unwrap_or_default();
-        let protocol = fields
-            .opt_with(cx, "protocol", |cx, node| {
-                one_of(
-                    cx,
-                    node,
-                    &[
-                        ("http1", Protocol::Http1),
-                        ("http2", Protocol::Http2),
-                        ("auto", Protocol::Auto),
-                    ],
-                )
-            })
-            .unwrap_or(Protocol::Http1);
-        let connect_timeout = fields.or(cx, "connect_timeout", Duration::from_secs(1));
-        positive(cx, &fields, "connect_timeout", connect_timeout);
-        let outlier_detection = fields
-            .opt_with(cx, "outlier_detection", policy::decode_outlier)
-            .unwrap_or_else(|| Toggle::On(OutlierDetection::default()));
-        let health_check = fields.opt(cx, "health_check");
-        let complete = fields.finish(
-            cx,
-            &[
-                "name",
-                "endpoints",
-                "backup",
-                "protocol",
-                "connect_timeout",
-                "outlier_detection",
-                "health_check",
-            ],
-            &["tls", "slow_start"],
-        );
-        let upstream = Upstream {
-            name: name?,
-            endpoints: endpoints?,
-            backup,
-            protocol,
-            connect_timeout,
-            outlier_detection,
-            health_check,
-        };
-        complete.then_some(upstream)
+section! {
+    /// `alerts:` (SPEC §5.6) — where events are sent.
+    pub struct Alerts {
+        /// Each receives every event at or above its `min_severity`.
+        webhooks: Vec<Webhook> = Vec::new(),
     }
 }
 
-fn decode_endpoints(cx: &mut Cx, node: &Node) -> Option<Vec<String>> {
-    let endpoints = Vec::<String>::decode(cx, node)?;
-    let mut ok = true;
-    for (index, endpoint) in endpoints.iter().enumerate() {
-        let valid = endpoint
-            .parse::<http::uri::Authority>()
-            .ok()
-            .filter(|authority| {
-                authority.port_u16().is_some_and(|port| port != 0) && !endpoint.contains('@')
-            });
-        if valid.is_none() {
-            let line = match &node.value {
-                super::yaml::Value::Seq(items) => items.get(index).map(|item| item.line),
-                _ => None,
-            };
-            cx.error_at(
-                &format!("[{index}]"),
-                line,
-                format!("expected host:port like 127.0.0.1:8080, found {endpoint:?}"),
-            );
-            ok = false;
-        }
+section! {
+    /// `alerts.webhooks[]:`
+    pub struct Webhook {
+        /// `http://host:port/path`. Never printed: a Slack URL is a secret.
+        #[check(webhook_url())]
+        url: Secret,
+        /// `json` (the event) or `slack` (`{"text": …}`).
+        format: WebhookFormat = WebhookFormat::Json,
+        /// The least severity sent.
+        min_severity: Severity = Severity::Warning,
     }
-    ok.then_some(endpoints)
+    later: ["headers"],
+}
+
+impl_words!(WebhookFormat {
+    Json = "json",
+    Slack = "slack"
+});
+
+impl_words!(Severity {
+    Info = "info",
+    Warning = "warning",
+    Critical = "critical"
+});
+
+/// A URL the webhook sender accepts.
+fn webhook_url() -> Check<Secret> {
+    Check::new("an http:// URL", serde_json::json!({}), |url: &Secret| {
+        crate::events::WebhookConfig::new(url.0.clone(), WebhookFormat::Json, Severity::Info)
+            .map(|_| ())
+            .map_err(|error| Fault::from(error.to_string()))
+    })
+}
+
+impl Webhook {
+    /// The events module's validated webhook, if this one is valid.
+    pub fn to_config(&self) -> Option<crate::events::WebhookConfig> {
+        crate::events::WebhookConfig::new(self.url.0.clone(), self.format, self.min_severity).ok()
+    }
 }

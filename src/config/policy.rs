@@ -10,10 +10,17 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde_json::{json, Value as Json};
 
-use super::decode::{one_of, parse_with, ser_duration, Cx, Decode, Fields};
+use super::checks::{
+    above_zero, at_least, at_most, between, fraction, non_empty, ratio, statuses, url_path,
+};
+use super::decode::{parse_with, pattern, ConfigValue, Cx, Keys};
 use super::yaml::{Node, Value};
+
+pub use crate::policy::retry::RetryOn;
+
+// === Toggle ===
 
 /// A policy that is on (with settings) or turned off with `false`.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,79 +41,113 @@ impl<T> Toggle<T> {
     }
 }
 
-impl<T: Serialize> Serialize for Toggle<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+/// `false`, `true` (the defaults) or a mapping of settings.
+impl<T: ConfigValue> ConfigValue for Toggle<T> {
+    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
+        match &node.value {
+            Value::Scalar {
+                text,
+                quoted: false,
+            } if text == "false" => Some(Toggle::Off),
+            Value::Scalar {
+                text,
+                quoted: false,
+            } if text == "true" => {
+                let defaults = Node {
+                    value: Value::Null,
+                    line: node.line,
+                    from_env: false,
+                };
+                T::decode(cx, &defaults).map(Toggle::On)
+            }
+            Value::Map(_) => T::decode(cx, node).map(Toggle::On),
+            _ => {
+                cx.expected(node, "true, false or a mapping");
+                None
+            }
+        }
+    }
+    fn to_json(&self) -> Json {
         match self {
-            Toggle::Off => serializer.serialize_bool(false),
-            Toggle::On(settings) => settings.serialize(serializer),
+            Toggle::Off => Json::Bool(false),
+            Toggle::On(settings) => settings.to_json(),
         }
+    }
+    fn schema() -> Json {
+        json!({"anyOf": [{"type": "boolean"}, T::schema()]})
+    }
+    fn type_name() -> String {
+        format!("`false`, `true` or {}", T::type_name())
+    }
+    fn sections(path: &str, out: &mut Vec<super::declare::SectionDoc>) {
+        T::sections(path, out);
     }
 }
 
-/// Reads `true`, `false`, or a mapping decoded by `decode` (absent → on
-/// with defaults, handled by the caller).
-fn toggle<T>(
-    cx: &mut Cx,
-    node: &Node,
-    decode: impl FnOnce(&mut Cx, &Node) -> Option<T>,
-) -> Option<Toggle<T>> {
-    match &node.value {
-        Value::Scalar {
-            text,
-            quoted: false,
-        } if text == "false" => Some(Toggle::Off),
-        Value::Scalar {
-            text,
-            quoted: false,
-        } if text == "true" => {
-            let empty = Node {
-                value: Value::Null,
-                line: node.line,
-                from_env: false,
-            };
-            decode(cx, &empty).map(Toggle::On)
-        }
-        _ => decode(cx, node).map(Toggle::On),
+impl<T: ConfigValue> serde::Serialize for Toggle<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.to_json(), serializer)
     }
-}
-
-fn range_error(cx: &mut Cx, fields: &Fields<'_>, key: &str, message: &str) {
-    cx.error_at(key, fields.key_line(key), message);
 }
 
 // === circuit_breaker ===
 
-/// `circuit_breaker:` (SPEC §3.1).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CircuitBreaker {
-    /// Failures in a row that open the breaker. Default 5.
-    pub consecutive_failures: u32,
-    /// Failure rate over the window that opens it. Default 0.5.
-    pub failure_rate: f64,
-    /// Slow-call rate over the window that opens it; off when absent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub slow_call_rate: Option<f64>,
-    /// A success slower than this is a slow call. Default 1s.
-    #[serde(serialize_with = "ser_duration")]
-    pub slow_call_duration: Duration,
-    /// The sliding window the rates are computed over.
-    pub window: BreakerWindow,
-    /// Calls the window must hold before a rate can trip. Default 20.
-    pub minimum_calls: u32,
-    /// First open period. Default 5s.
-    #[serde(serialize_with = "ser_duration")]
-    pub open_duration: Duration,
-    /// Growth of the open period on each re-trip. Default 2.
-    pub open_backoff: f64,
-    /// Longest open period. Default 60s.
-    #[serde(serialize_with = "ser_duration")]
-    pub max_open_duration: Duration,
-    /// Concurrent probes while half-open. Default 3.
-    pub half_open_max_calls: u32,
-    /// Probe successes that close it. Default 3.
-    pub half_open_successes: u32,
-    /// Upstream statuses that count as failures. Default [500, 502, 503, 504].
-    pub failure_statuses: Vec<u16>,
+section! {
+    /// `circuit_breaker:` (SPEC §3.1) — on every route unless `false`.
+    /// Open, it refuses requests (503 `breaker-open`, with `retry-after`);
+    /// after `open_duration` it lets a few probes through (half-open), and
+    /// closes when enough succeed.
+    pub struct CircuitBreaker {
+        /// Failures in a row that open the breaker; 0 turns this trigger off.
+        consecutive_failures: u32 = 5,
+        /// Failure rate over the window that opens it, once the window holds
+        /// `minimum_calls`.
+        #[check(ratio())]
+        failure_rate: f64 = 0.5,
+        /// Slow-call rate over the window that opens it; off unless set.
+        #[check(ratio())]
+        slow_call_rate: Option<f64> = None,
+        /// A success slower than this is a slow call.
+        slow_call_duration: Duration = Duration::from_secs(1),
+        /// The sliding window the rates are computed over: the last `size`
+        /// calls, or the calls of the last `size` of time.
+        window: BreakerWindow = BreakerWindow::Count(100),
+        /// Calls the window must hold before a rate can trip.
+        #[check(at_least(1))]
+        minimum_calls: u32 = 20,
+        /// First open period.
+        #[check(above_zero())]
+        open_duration: Duration = Duration::from_secs(5),
+        /// Growth of the open period on each re-trip.
+        #[check(at_least(1.0))]
+        open_backoff: f64 = 2.0,
+        /// Longest open period; at least `open_duration`.
+        #[default_text = "60s, or open_duration if longer"]
+        max_open_duration: Duration = Duration::from_secs(60),
+        /// Concurrent probes while half-open.
+        #[check(at_least(1))]
+        half_open_max_calls: u32 = 3,
+        /// Probe successes that close it (one failure re-opens it).
+        #[check(at_least(1))]
+        half_open_successes: u32 = 3,
+        /// Upstream statuses that count as failures (a 4xx never does).
+        #[check(statuses())]
+        failure_statuses: Vec<u16> = vec![500, 502, 503, 504],
+    }
+    later: ["grpc_failure_statuses"],
+    validate: check_breaker,
+}
+
+fn check_breaker(breaker: &mut CircuitBreaker, keys: &Keys<'_>, cx: &mut Cx) {
+    if !keys.has("max_open_duration") {
+        breaker.max_open_duration = breaker.max_open_duration.max(breaker.open_duration);
+    } else if breaker.max_open_duration < breaker.open_duration {
+        keys.error(
+            cx,
+            "max_open_duration",
+            "must not be shorter than open_duration",
+        );
+    }
 }
 
 /// `circuit_breaker.window:`
@@ -118,276 +159,108 @@ pub enum BreakerWindow {
     Time(Duration),
 }
 
-impl Serialize for BreakerWindow {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(2))?;
+#[derive(Clone, Copy)]
+enum WindowKind {
+    Count,
+    Time,
+}
+
+impl_words!(WindowKind {
+    Count = "count",
+    Time = "time"
+});
+
+/// `{type: count, size: 100}` or `{type: time, size: 10s}`.
+impl ConfigValue for BreakerWindow {
+    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
+        let mut keys = Keys::new(cx, node)?;
+        let kind = keys.read(cx, "type", &[], Some(WindowKind::Count));
+        let window = match kind {
+            Some(WindowKind::Time) => {
+                let checks = [at_least(Duration::from_secs(1))];
+                let size = keys.read(cx, "size", &checks, Some(Duration::from_secs(10)));
+                size.map(BreakerWindow::Time)
+            }
+            Some(WindowKind::Count) | None => {
+                let size = keys.read(cx, "size", &[between(1, 100_000)], Some(100));
+                size.map(BreakerWindow::Count)
+            }
+        };
+        keys.finish(cx, &["type", "size"], &[]);
+        window
+    }
+    fn to_json(&self) -> Json {
         match self {
-            BreakerWindow::Count(size) => {
-                map.serialize_entry("type", "count")?;
-                map.serialize_entry("size", size)?;
-            }
-            BreakerWindow::Time(size) => {
-                map.serialize_entry("type", "time")?;
-                map.serialize_entry("size", &crate::units::format_duration(*size))?;
-            }
+            BreakerWindow::Count(size) => json!({"type": "count", "size": size}),
+            BreakerWindow::Time(size) => json!({"type": "time", "size": size.to_json()}),
         }
-        map.end()
+    }
+    fn schema() -> Json {
+        json!({
+            "type": "object",
+            "properties": {
+                "type": {"enum": ["count", "time"], "default": "count"},
+                "size": {"anyOf": [
+                    {"type": "integer", "minimum": 1, "maximum": 100_000},
+                    Duration::schema(),
+                ]},
+            },
+            "additionalProperties": false,
+        })
+    }
+    fn type_name() -> String {
+        "`{type: count, size: N}` (1 to 100000 calls, default 100) or `{type: time, size: DURATION}` (at least 1s, default 10s)".to_owned()
     }
 }
 
-impl Default for CircuitBreaker {
-    fn default() -> Self {
-        CircuitBreaker {
-            consecutive_failures: 5,
-            failure_rate: 0.5,
-            slow_call_rate: None,
-            slow_call_duration: Duration::from_secs(1),
-            window: BreakerWindow::Count(100),
-            minimum_calls: 20,
-            open_duration: Duration::from_secs(5),
-            open_backoff: 2.0,
-            max_open_duration: Duration::from_secs(60),
-            half_open_max_calls: 3,
-            half_open_successes: 3,
-            failure_statuses: vec![500, 502, 503, 504],
-        }
-    }
-}
-
-const BREAKER_KEYS: &[&str] = &[
-    "consecutive_failures",
-    "failure_rate",
-    "slow_call_rate",
-    "slow_call_duration",
-    "window",
-    "minimum_calls",
-    "open_duration",
-    "open_backoff",
-    "max_open_duration",
-    "half_open_max_calls",
-    "half_open_successes",
-    "failure_statuses",
-];
-
-fn decode_rate(cx: &mut Cx, fields: &mut Fields<'_>, key: &str) -> Option<f64> {
-    let rate: f64 = fields.opt(cx, key)?;
-    if !(rate > 0.0 && rate <= 1.0) {
-        range_error(
-            cx,
-            fields,
-            key,
-            &format!("must be above 0 and at most 1, found {rate}"),
-        );
-    }
-    Some(rate)
-}
-
-fn at_least_one(cx: &mut Cx, fields: &Fields<'_>, key: &str, value: u32) {
-    if value == 0 {
-        range_error(cx, fields, key, "must be at least 1");
-    }
-}
-
-/// Reads `circuit_breaker:` (absent → on, defaults).
-pub fn decode_breaker(cx: &mut Cx, node: &Node) -> Option<Toggle<CircuitBreaker>> {
-    toggle(cx, node, |cx, node| {
-        let mut fields = Fields::new(cx, node)?;
-        let d = CircuitBreaker::default();
-        let consecutive_failures = fields.or(cx, "consecutive_failures", d.consecutive_failures);
-        let failure_rate = decode_rate(cx, &mut fields, "failure_rate").unwrap_or(d.failure_rate);
-        let slow_call_rate = decode_rate(cx, &mut fields, "slow_call_rate");
-        let slow_call_duration = fields.or(cx, "slow_call_duration", d.slow_call_duration);
-        let window = fields
-            .opt_with(cx, "window", decode_window)
-            .unwrap_or(d.window);
-        let minimum_calls = fields.or(cx, "minimum_calls", d.minimum_calls);
-        at_least_one(cx, &fields, "minimum_calls", minimum_calls);
-        let open_duration: Duration = fields.or(cx, "open_duration", d.open_duration);
-        if open_duration.is_zero() {
-            range_error(cx, &fields, "open_duration", "must be greater than 0");
-        }
-        let open_backoff: f64 = fields.or(cx, "open_backoff", d.open_backoff);
-        if open_backoff < 1.0 {
-            range_error(
-                cx,
-                &fields,
-                "open_backoff",
-                &format!("must be at least 1, found {open_backoff}"),
-            );
-        }
-        let max_open_duration = fields.or(
-            cx,
-            "max_open_duration",
-            d.max_open_duration.max(open_duration),
-        );
-        if max_open_duration < open_duration {
-            range_error(
-                cx,
-                &fields,
-                "max_open_duration",
-                "must not be shorter than open_duration",
-            );
-        }
-        let half_open_max_calls = fields.or(cx, "half_open_max_calls", d.half_open_max_calls);
-        at_least_one(cx, &fields, "half_open_max_calls", half_open_max_calls);
-        let half_open_successes = fields.or(cx, "half_open_successes", d.half_open_successes);
-        at_least_one(cx, &fields, "half_open_successes", half_open_successes);
-        let failure_statuses = fields
-            .opt_with(cx, "failure_statuses", decode_statuses)
-            .unwrap_or(d.failure_statuses);
-        fields
-            .finish(cx, BREAKER_KEYS, &["grpc_failure_statuses"])
-            .then_some(CircuitBreaker {
-                consecutive_failures,
-                failure_rate,
-                slow_call_rate,
-                slow_call_duration,
-                window,
-                minimum_calls,
-                open_duration,
-                open_backoff,
-                max_open_duration,
-                half_open_max_calls,
-                half_open_successes,
-                failure_statuses,
-            })
-    })
-}
-
-fn decode_window(cx: &mut Cx, node: &Node) -> Option<BreakerWindow> {
-    #[derive(Clone, Copy)]
-    enum Kind {
-        Count,
-        Time,
-    }
-    let mut fields = Fields::new(cx, node)?;
-    let kind = fields.opt_with(cx, "type", |cx, node| {
-        one_of(cx, node, &[("count", Kind::Count), ("time", Kind::Time)])
-    });
-    let window = match kind {
-        Some(Kind::Time) => {
-            let size: Duration = fields.or(cx, "size", Duration::from_secs(10));
-            if size < Duration::from_secs(1) {
-                range_error(cx, &fields, "size", "a time window must be at least 1s");
-            }
-            Some(BreakerWindow::Time(size))
-        }
-        Some(Kind::Count) | None => {
-            let size: u32 = fields.or(cx, "size", 100);
-            if size == 0 || size > 100_000 {
-                range_error(
-                    cx,
-                    &fields,
-                    "size",
-                    "a count window holds 1 to 100000 calls",
-                );
-            }
-            Some(BreakerWindow::Count(size))
-        }
-    };
-    fields.finish(cx, &["type", "size"], &[]).then_some(window?)
-}
-
-fn decode_statuses(cx: &mut Cx, node: &Node) -> Option<Vec<u16>> {
-    let statuses = Vec::<u16>::decode(cx, node)?;
-    if let Some(bad) = statuses
-        .iter()
-        .find(|status| !(100..=599).contains(*status))
-    {
-        cx.error(
-            node.line,
-            format!("HTTP statuses are 100 to 599, found {bad}"),
-        );
-        return None;
-    }
-    Some(statuses)
-}
+serialize_as_json!(BreakerWindow);
 
 // === bulkhead ===
 
-/// `bulkhead:` (SPEC §3.2).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Bulkhead {
-    /// Requests in flight to the upstream. Default 1024.
-    pub max_concurrent: usize,
-    /// Requests waiting for a slot, first in first out. Default 1024.
-    pub max_queue: usize,
-    /// Longest wait in the queue before being shed. Default 1s.
-    #[serde(serialize_with = "ser_duration")]
-    pub queue_timeout: Duration,
-}
-
-impl Default for Bulkhead {
-    fn default() -> Self {
-        Bulkhead {
-            max_concurrent: 1024,
-            max_queue: 1024,
-            queue_timeout: Duration::from_secs(1),
-        }
+section! {
+    /// `bulkhead:` (SPEC §3.2) — on every route unless `false`: a limit on
+    /// requests in flight to the upstream, with a FIFO queue in front;
+    /// beyond both, 503 `shed` with `retry-after: 1`.
+    pub struct Bulkhead {
+        /// Requests in flight to the upstream.
+        #[check(at_least(1))]
+        max_concurrent: usize = 1024,
+        /// Requests waiting for a slot, first in first out; needs
+        /// `max_concurrent`.
+        #[default_text = "1024; 0 when max_concurrent is set"]
+        max_queue: usize = 1024,
+        /// Longest wait in the queue before being shed.
+        queue_timeout: Duration = Duration::from_secs(1),
     }
+    later: ["adaptive", "min_concurrent"],
+    validate: check_bulkhead,
 }
 
-/// Reads `bulkhead:` (absent → on, defaults).
-pub fn decode_bulkhead(cx: &mut Cx, node: &Node) -> Option<Toggle<Bulkhead>> {
-    toggle(cx, node, |cx, node| {
-        let mut fields = Fields::new(cx, node)?;
-        let d = Bulkhead::default();
-        let has_limit = fields.key_line("max_concurrent").is_some();
-        let max_concurrent: usize = fields.or(cx, "max_concurrent", d.max_concurrent);
-        if max_concurrent == 0 {
-            range_error(cx, &fields, "max_concurrent", "must be at least 1");
-        }
-        let max_queue: usize = fields.or(cx, "max_queue", if has_limit { 0 } else { d.max_queue });
-        if !has_limit && fields.key_line("max_queue").is_some() {
-            range_error(
-                cx,
-                &fields,
-                "max_queue",
-                "a queue needs a limit: set bulkhead.max_concurrent too",
-            );
-        }
-        let queue_timeout: Duration = fields.or(cx, "queue_timeout", d.queue_timeout);
-        if max_queue > 0 && queue_timeout.is_zero() {
-            range_error(
-                cx,
-                &fields,
-                "queue_timeout",
-                "must be greater than 0 when max_queue is set",
-            );
-        }
-        fields
-            .finish(
-                cx,
-                &["max_concurrent", "max_queue", "queue_timeout"],
-                &["adaptive", "min_concurrent"],
-            )
-            .then_some(Bulkhead {
-                max_concurrent,
-                max_queue,
-                queue_timeout,
-            })
-    })
+fn check_bulkhead(bulkhead: &mut Bulkhead, keys: &Keys<'_>, cx: &mut Cx) {
+    let has_limit = keys.has("max_concurrent");
+    if !keys.has("max_queue") && has_limit {
+        bulkhead.max_queue = 0;
+    }
+    if keys.has("max_queue") && !has_limit {
+        keys.error(
+            cx,
+            "max_queue",
+            "a queue needs a limit: set bulkhead.max_concurrent too",
+        );
+    }
+    if bulkhead.max_queue > 0 && bulkhead.queue_timeout.is_zero() {
+        keys.error(
+            cx,
+            "queue_timeout",
+            "must be greater than 0 when max_queue is set",
+        );
+    }
 }
 
 // === retry ===
 
-pub use crate::policy::retry::RetryOn;
-
-impl Serialize for RetryOn {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            RetryOn::ConnectError => serializer.serialize_str("connect_error"),
-            RetryOn::ConnectTimeout => serializer.serialize_str("connect_timeout"),
-            RetryOn::Reset => serializer.serialize_str("reset"),
-            RetryOn::Timeout => serializer.serialize_str("timeout"),
-            RetryOn::Http5xx => serializer.serialize_str("http_5xx"),
-            RetryOn::Status(status) => serializer.serialize_u16(*status),
-        }
-    }
-}
-
-impl Decode for RetryOn {
+/// `connect_error | connect_timeout | reset | timeout | http_5xx | STATUS`.
+impl ConfigValue for RetryOn {
     fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
         let what =
             "one of connect_error, connect_timeout, reset, timeout, http_5xx, or a status like 503";
@@ -403,237 +276,147 @@ impl Decode for RetryOn {
             },
         })
     }
-}
-
-/// `retry:` (SPEC §3.4).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Retry {
-    /// Tries in all, the first included. Default 1 (no retry).
-    pub attempts: u32,
-    /// What may be retried. Default `[connect_error]`.
-    pub retry_on: Vec<RetryOn>,
-    /// The retry budget.
-    pub budget: RetryBudget,
-    /// Backoff between tries.
-    pub backoff: Backoff,
-}
-
-/// `retry.budget:`
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RetryBudget {
-    /// Retries may add this fraction of recent requests. Default 0.2.
-    pub ratio: f64,
-    /// Plus this many retries per second. Default 10.
-    pub min_per_sec: u32,
-}
-
-/// `retry.backoff:` — full jitter in [0, min(max, base·2^n)].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Backoff {
-    /// Default 25ms.
-    #[serde(serialize_with = "ser_duration")]
-    pub base: Duration,
-    /// Default 250ms.
-    #[serde(serialize_with = "ser_duration")]
-    pub max: Duration,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Retry {
-            attempts: 1,
-            retry_on: vec![RetryOn::ConnectError],
-            budget: RetryBudget {
-                ratio: 0.2,
-                min_per_sec: 10,
-            },
-            backoff: Backoff {
-                base: Duration::from_millis(25),
-                max: Duration::from_millis(250),
-            },
+    fn to_json(&self) -> Json {
+        match self {
+            RetryOn::ConnectError => json!("connect_error"),
+            RetryOn::ConnectTimeout => json!("connect_timeout"),
+            RetryOn::Reset => json!("reset"),
+            RetryOn::Timeout => json!("timeout"),
+            RetryOn::Http5xx => json!("http_5xx"),
+            RetryOn::Status(status) => json!(status),
         }
+    }
+    fn schema() -> Json {
+        json!({"anyOf": [
+            {"enum": ["connect_error", "connect_timeout", "reset", "timeout", "http_5xx"]},
+            {"type": "integer", "minimum": 100, "maximum": 599},
+            {"type": "string", "pattern": pattern("[1-5][0-9][0-9]")},
+        ]})
+    }
+    fn type_name() -> String {
+        "`connect_error`, `connect_timeout`, `reset`, `timeout`, `http_5xx` or a status".to_owned()
     }
 }
 
-impl Decode for Retry {
-    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
-        let mut fields = Fields::new(cx, node)?;
-        let d = Retry::default();
-        let attempts: u32 = fields.or(cx, "attempts", d.attempts);
-        if attempts == 0 || attempts > 10 {
-            range_error(
-                cx,
-                &fields,
-                "attempts",
-                "must be between 1 and 10 (1 means no retry)",
-            );
-        }
-        let retry_on = fields.opt(cx, "retry_on").unwrap_or(d.retry_on);
-        let budget = fields
-            .opt_with(cx, "budget", |cx, node| {
-                let mut fields = Fields::new(cx, node)?;
-                let ratio: f64 = fields.or(cx, "ratio", 0.2);
-                if !(0.0..=1.0).contains(&ratio) {
-                    range_error(
-                        cx,
-                        &fields,
-                        "ratio",
-                        &format!("must be between 0 and 1, found {ratio}"),
-                    );
-                }
-                let min_per_sec = fields.or(cx, "min_per_sec", 10);
-                fields
-                    .finish(cx, &["ratio", "min_per_sec"], &[])
-                    .then_some(RetryBudget { ratio, min_per_sec })
-            })
-            .unwrap_or(d.budget);
-        let backoff = fields
-            .opt_with(cx, "backoff", |cx, node| {
-                let mut fields = Fields::new(cx, node)?;
-                let base: Duration = fields.or(cx, "base", Duration::from_millis(25));
-                let max: Duration = fields.or(cx, "max", Duration::from_millis(250).max(base));
-                if base.is_zero() || max < base {
-                    range_error(
-                        cx,
-                        &fields,
-                        "max",
-                        "base must be above 0 and max at least base",
-                    );
-                }
-                fields
-                    .finish(cx, &["base", "max"], &[])
-                    .then_some(Backoff { base, max })
-            })
-            .unwrap_or(d.backoff);
-        fields
-            .finish(cx, &["attempts", "retry_on", "budget", "backoff"], &[])
-            .then_some(Retry {
-                attempts,
-                retry_on,
-                budget,
-                backoff,
-            })
+serialize_as_json!(RetryOn);
+
+section! {
+    /// `retry:` (SPEC §3.4) — only idempotent methods are retried, unless
+    /// nothing was sent (connect failures); a body is replayed only when it
+    /// is at most 64KiB with a declared length; another endpoint is
+    /// preferred.
+    pub struct Retry {
+        /// Tries in all, the first included: 1 means no retry.
+        #[check(between(1, 10))]
+        attempts: u32 = 1,
+        /// What may be retried.
+        retry_on: Vec<RetryOn> = vec![RetryOn::ConnectError],
+        /// The retry budget: beyond it, failures are not retried.
+        budget: RetryBudget = RetryBudget::default(),
+        /// Backoff between tries: full jitter in [0, min(max, base·2ⁿ)].
+        backoff: Backoff = Backoff::default(),
+    }
+}
+
+section! {
+    /// `retry.budget:` — retries may add `ratio` of recent requests plus
+    /// `min_per_sec` per second.
+    pub struct RetryBudget {
+        /// Retries as a share of recent requests.
+        #[check(fraction())]
+        ratio: f64 = 0.2,
+        /// Plus this many retries per second.
+        min_per_sec: u32 = 10,
+    }
+}
+
+section! {
+    /// `retry.backoff:`
+    pub struct Backoff {
+        /// The first delay's ceiling.
+        #[check(above_zero())]
+        base: Duration = Duration::from_millis(25),
+        /// The longest delay; at least `base`.
+        #[default_text = "250ms, or base if longer"]
+        max: Duration = Duration::from_millis(250),
+    }
+    validate: check_backoff,
+}
+
+fn check_backoff(backoff: &mut Backoff, keys: &Keys<'_>, cx: &mut Cx) {
+    if !keys.has("max") {
+        backoff.max = backoff.max.max(backoff.base);
+    } else if backoff.max < backoff.base {
+        keys.error(cx, "max", "must be at least base");
     }
 }
 
 // === rate_limit ===
 
-/// `rate_limit:` (SPEC §3.5): a token bucket per route.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RateLimit {
-    /// Sustained requests per second.
-    pub rps: f64,
-    /// Requests allowed at once above the sustained rate.
-    pub burst: u32,
+section! {
+    /// `rate_limit:` (SPEC §3.5) — a token bucket per route; beyond it,
+    /// 429 `rate-limited` with `retry-after`.
+    pub struct RateLimit {
+        /// Sustained requests per second.
+        #[check(above_zero(), at_most(10_000_000.0))]
+        rps: f64,
+        /// Requests allowed at once above the sustained rate.
+        #[check(at_least(1))]
+        #[default_text = "rps, rounded up"]
+        burst: u32 = 0,
+    }
+    validate: default_burst,
 }
 
-impl Decode for RateLimit {
-    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
-        let mut fields = Fields::new(cx, node)?;
-        let rps: Option<f64> = fields.req(cx, "rps");
-        if rps.is_some_and(|rps| rps <= 0.0 || rps > 10_000_000.0) {
-            range_error(cx, &fields, "rps", "must be above 0 (and at most 10000000)");
-        }
-        let burst: u32 = fields.or(cx, "burst", rps.map_or(1, |rps| rps.ceil().max(1.0) as u32));
-        at_least_one(cx, &fields, "burst", burst);
-        let complete = fields.finish(cx, &["rps", "burst"], &[]);
-        complete.then_some(RateLimit { rps: rps?, burst })
+fn default_burst(limit: &mut RateLimit, keys: &Keys<'_>, _: &mut Cx) {
+    if !keys.has("burst") {
+        limit.burst = limit.rps.ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
     }
 }
 
 // === outlier_detection ===
 
-/// `outlier_detection:` (SPEC §3.6).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct OutlierDetection {
-    /// Failures in a row that eject an endpoint. Default 5.
-    pub consecutive_failures: u32,
-    /// Ejection time, times the number of ejections so far. Default 30s.
-    #[serde(serialize_with = "ser_duration")]
-    pub base_ejection_time: Duration,
-    /// Never eject more than this share of the primary endpoints. Default 50.
-    pub max_ejection_percent: u32,
-}
-
-impl Default for OutlierDetection {
-    fn default() -> Self {
-        OutlierDetection {
-            consecutive_failures: 5,
-            base_ejection_time: Duration::from_secs(30),
-            max_ejection_percent: 50,
-        }
+section! {
+    /// `outlier_detection:` (SPEC §3.6) — passive health from live traffic,
+    /// on every upstream unless `false`.
+    pub struct OutlierDetection {
+        /// Failed tries in a row that eject an endpoint.
+        #[check(at_least(1))]
+        consecutive_failures: u32 = 5,
+        /// Ejection time, times the number of ejections so far.
+        #[check(above_zero())]
+        base_ejection_time: Duration = Duration::from_secs(30),
+        /// Never eject more than this share (%) of the primary endpoints.
+        #[check(at_most(100))]
+        max_ejection_percent: u32 = 50,
     }
-}
-
-/// Reads `outlier_detection:` (absent → on, defaults).
-pub fn decode_outlier(cx: &mut Cx, node: &Node) -> Option<Toggle<OutlierDetection>> {
-    toggle(cx, node, |cx, node| {
-        let mut fields = Fields::new(cx, node)?;
-        let d = OutlierDetection::default();
-        let consecutive_failures = fields.or(cx, "consecutive_failures", d.consecutive_failures);
-        at_least_one(cx, &fields, "consecutive_failures", consecutive_failures);
-        let base_ejection_time: Duration =
-            fields.or(cx, "base_ejection_time", d.base_ejection_time);
-        if base_ejection_time.is_zero() {
-            range_error(cx, &fields, "base_ejection_time", "must be greater than 0");
-        }
-        let max_ejection_percent: u32 =
-            fields.or(cx, "max_ejection_percent", d.max_ejection_percent);
-        if max_ejection_percent > 100 {
-            range_error(
-                cx,
-                &fields,
-                "max_ejection_percent",
-                "must be between 0 and 100",
-            );
-        }
-        fields
-            .finish(
-                cx,
-                &[
-                    "consecutive_failures",
-                    "base_ejection_time",
-                    "max_ejection_percent",
-                ],
-                &[],
-            )
-            .then_some(OutlierDetection {
-                consecutive_failures,
-                base_ejection_time,
-                max_ejection_percent,
-            })
-    })
 }
 
 // === health_check ===
 
 /// `health_check:` — an active probe of each endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
     /// What a probe does.
-    #[serde(flatten)]
     pub probe: Probe,
-    /// Time between probes. Default 2s.
-    #[serde(serialize_with = "ser_duration")]
+    /// Time between probes.
     pub interval: Duration,
-    /// Time a probe may take. Default 1s.
-    #[serde(serialize_with = "ser_duration")]
+    /// Time a probe may take.
     pub timeout: Duration,
-    /// Failed probes in a row that mark an endpoint unhealthy. Default 3.
+    /// Failed probes in a row that mark an endpoint unhealthy.
     pub unhealthy_threshold: u32,
-    /// Passed probes in a row that mark it healthy again. Default 2.
+    /// Passed probes in a row that mark it healthy again.
     pub healthy_threshold: u32,
 }
 
 /// The kind of probe.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Probe {
     /// `http: {path, expect_status}`: a GET that must answer one of the statuses.
     Http {
-        /// Path to GET. Default `/healthz`.
+        /// Path to GET.
         path: String,
-        /// Acceptable statuses. Default `[200]`.
+        /// Acceptable statuses.
         expect_status: Vec<u16>,
     },
     /// `tcp: {}`: a connect that must succeed.
@@ -643,75 +426,125 @@ pub enum Probe {
     Exec(Vec<String>),
 }
 
-impl Decode for HealthCheck {
-    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
-        let mut fields = Fields::new(cx, node)?;
-        let http = fields.opt_with(cx, "http", |cx, node| {
-            let mut fields = Fields::new(cx, node)?;
-            let path: String = fields.or(cx, "path", "/healthz".to_owned());
-            if !path.starts_with('/') {
-                range_error(cx, &fields, "path", "a path must start with '/'");
-            }
-            let expect_status = fields
-                .opt_with(cx, "expect_status", decode_statuses)
-                .unwrap_or_else(|| vec![200]);
-            fields
-                .finish(cx, &["path", "expect_status"], &[])
-                .then_some(Probe::Http {
-                    path,
-                    expect_status,
-                })
-        });
-        let tcp = fields.opt_with(cx, "tcp", |cx, node| {
-            let fields = Fields::new(cx, node)?;
-            fields.finish(cx, &[], &[]).then_some(Probe::Tcp {})
-        });
-        let exec = fields.opt_with(cx, "exec", |cx, node| {
-            let command = Vec::<String>::decode(cx, node)?;
-            if command.is_empty() {
-                cx.error(node.line, "expected a command and its arguments");
-                return None;
-            }
-            Some(Probe::Exec(command))
-        });
-        let probes: Vec<Probe> = [http, tcp, exec].into_iter().flatten().collect();
-        if probes.len() != 1 {
-            cx.error(node.line, "give exactly one of http, tcp or exec");
-        }
-        let interval: Duration = fields.or(cx, "interval", Duration::from_secs(2));
-        let timeout: Duration = fields.or(cx, "timeout", Duration::from_secs(1));
-        if interval.is_zero() || timeout.is_zero() || timeout > interval {
-            range_error(
-                cx,
-                &fields,
-                "timeout",
-                "interval and timeout must be above 0, and timeout at most interval",
-            );
-        }
-        let unhealthy_threshold = fields.or(cx, "unhealthy_threshold", 3);
-        at_least_one(cx, &fields, "unhealthy_threshold", unhealthy_threshold);
-        let healthy_threshold = fields.or(cx, "healthy_threshold", 2);
-        at_least_one(cx, &fields, "healthy_threshold", healthy_threshold);
-        let complete = fields.finish(
-            cx,
-            &[
-                "http",
-                "tcp",
-                "exec",
-                "interval",
-                "timeout",
-                "unhealthy_threshold",
-                "healthy_threshold",
-            ],
-            &["grpc"],
-        );
-        let probe = probes.into_iter().next()?;
-        complete.then_some(HealthCheck {
-            probe,
-            interval,
-            timeout,
-            unhealthy_threshold,
-            healthy_threshold,
-        })
+section! {
+    /// `upstreams[].health_check:` — active probes of each endpoint; give
+    /// exactly one of `http`, `tcp` or `exec`. An endpoint that fails
+    /// `unhealthy_threshold` probes in a row gets no traffic until it
+    /// passes `healthy_threshold` in a row.
+    pub(crate) struct HealthCheckKeys {
+        /// A GET that must answer one of the statuses.
+        http: Option<HttpProbe> = None,
+        /// A TCP connect that must succeed: `tcp: {}`.
+        tcp: Option<TcpProbe> = None,
+        /// A command and its arguments that must exit 0; `{endpoint}` in an
+        /// argument becomes the endpoint's host:port.
+        #[check(non_empty("a command"))]
+        exec: Option<Vec<String>> = None,
+        /// Time between probes.
+        #[check(above_zero())]
+        interval: Duration = Duration::from_secs(2),
+        /// Time a probe may take; at most `interval`.
+        #[check(above_zero())]
+        timeout: Duration = Duration::from_secs(1),
+        /// Failed probes in a row that mark an endpoint unhealthy.
+        #[check(at_least(1))]
+        unhealthy_threshold: u32 = 3,
+        /// Passed probes in a row that mark it healthy again.
+        #[check(at_least(1))]
+        healthy_threshold: u32 = 2,
+    }
+    later: ["grpc"],
+    validate: check_health,
+}
+
+section! {
+    /// `health_check.http:`
+    pub(crate) struct HttpProbe {
+        /// Path to GET.
+        #[check(url_path())]
+        path: String = "/healthz".to_owned(),
+        /// Statuses that pass.
+        #[check(statuses())]
+        expect_status: Vec<u16> = vec![200],
     }
 }
+
+section! {
+    /// `health_check.tcp:` — no settings: `tcp: {}`.
+    pub(crate) struct TcpProbe {}
+}
+
+fn check_health(health: &mut HealthCheckKeys, keys: &Keys<'_>, cx: &mut Cx) {
+    let probes = ["http", "tcp", "exec"]
+        .iter()
+        .filter(|key| keys.has(key))
+        .count();
+    if probes != 1 {
+        keys.error(cx, "", "give exactly one of http, tcp or exec");
+    }
+    if health.timeout > health.interval {
+        keys.error(cx, "timeout", "must be at most interval");
+    }
+}
+
+fn health_from_keys(_: &mut Cx, _: &Node, keys: HealthCheckKeys) -> Option<HealthCheck> {
+    let probe = match (keys.http, keys.tcp, keys.exec) {
+        (Some(http), _, _) => Probe::Http {
+            path: http.path,
+            expect_status: http.expect_status,
+        },
+        (None, Some(TcpProbe {}), _) => Probe::Tcp {},
+        (None, None, Some(command)) => Probe::Exec(command),
+        (None, None, None) => return None,
+    };
+    Some(HealthCheck {
+        probe,
+        interval: keys.interval,
+        timeout: keys.timeout,
+        unhealthy_threshold: keys.unhealthy_threshold,
+        healthy_threshold: keys.healthy_threshold,
+    })
+}
+
+fn health_to_keys(health: &HealthCheck) -> HealthCheckKeys {
+    let (http, tcp, exec) = match &health.probe {
+        Probe::Http {
+            path,
+            expect_status,
+        } => (
+            Some(HttpProbe {
+                path: path.clone(),
+                expect_status: expect_status.clone(),
+            }),
+            None,
+            None,
+        ),
+        Probe::Tcp {} => (None, Some(TcpProbe {}), None),
+        Probe::Exec(command) => (None, None, Some(command.clone())),
+    };
+    HealthCheckKeys {
+        http,
+        tcp,
+        exec,
+        interval: health.interval,
+        timeout: health.timeout,
+        unhealthy_threshold: health.unhealthy_threshold,
+        healthy_threshold: health.healthy_threshold,
+    }
+}
+
+/// Exactly one probe kind.
+fn one_probe(schema: &mut Json) {
+    schema["oneOf"] = json!([
+        {"required": ["http"]},
+        {"required": ["tcp"]},
+        {"required": ["exec"]},
+    ]);
+    schema["type"] = json!("object");
+}
+
+via_keys!(HealthCheck => HealthCheckKeys,
+    decode: health_from_keys,
+    encode: health_to_keys,
+    schema: one_probe,
+);

@@ -81,7 +81,10 @@ upstreams:
     expect("listeners[0].routes[1].match.path_prefix", 12);
     expect("upstreams[0].endpoints[0]", 16);
     expect("upstreams[0].protocol", 17);
-    assert!(error.to_string().contains("test.yaml: 5 errors"), "{error}");
+    // The cross-section check runs too: route 0 still decoded (its bad
+    // timeout kept the default), and its upstream does not exist.
+    expect("listeners[0].routes[0].upstream", 9);
+    assert!(error.to_string().contains("test.yaml: 6 errors"), "{error}");
 }
 
 #[test]
@@ -328,4 +331,760 @@ fn policy_values_are_range_checked_all_at_once() {
         error.issues.iter().all(|issue| issue.line.is_some()),
         "{error}"
     );
+}
+
+#[test]
+fn signals_parse() {
+    assert_eq!(
+        Signal::parse("SIGTERM").map(Signal::number),
+        Ok(libc::SIGTERM)
+    );
+    assert_eq!(Signal::parse("INT").map(Signal::number), Ok(libc::SIGINT));
+    assert_eq!(Signal::parse("9").map(Signal::number), Ok(9));
+    assert!(Signal::parse("SIGNOPE").is_err());
+    assert!(Signal::parse("0").is_err());
+    assert_eq!(Signal::parse("15").unwrap().to_string(), "SIGTERM");
+    assert_eq!(Signal::parse("TERM").unwrap().to_string(), "SIGTERM");
+}
+
+#[test]
+fn decoding_and_cross_section_errors_in_one_run() {
+    let text = "\
+listeners:
+  - name: inbound
+    listen: 127.0.0.1:15006
+    colour: blue
+    routes:
+      - name: all
+        upstream: nowhere
+upstreams:
+  - name: app
+    endpoints: [127.0.0.1:8080]
+";
+    let error = load(text).unwrap_err();
+    let rendered = error.to_string();
+    assert!(rendered.contains("test.yaml: 2 errors"), "{rendered}");
+    assert!(
+        rendered.contains("line 4: listeners[0].colour: unknown key; expected one of: name,"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(
+            "line 7: listeners[0].routes[0].upstream: no upstream named \"nowhere\"; defined: app"
+        ),
+        "{rendered}"
+    );
+}
+
+#[test]
+fn no_follow_on_errors_from_what_failed_to_decode() {
+    // The upstream `app` fails (bad timeout... no: no endpoints key), the
+    // first route fails (no name): neither the route naming `app` nor the
+    // listener whose only good route is left gets a second complaint.
+    let text = "\
+listeners:
+  - name: inbound
+    listen: 127.0.0.1:15006
+    routes:
+      - upstream: app
+      - name: ok
+        upstream: app
+  - name: other
+    listen: 127.0.0.1:15007
+    routes:
+      - upstream: app
+upstreams:
+  - name: app
+    protocol: http1
+  - name: spare
+    endpoints: [127.0.0.1:8081]
+supervisor:
+  upstream: [not, a, name]
+";
+    let error = load(text).unwrap_err();
+    let paths: Vec<(&str, Option<usize>)> = error
+        .issues
+        .iter()
+        .map(|issue| (issue.path.as_str(), issue.line))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("listeners[0].routes[0].name", Some(5)),
+            ("listeners[1].routes[0].name", Some(11)),
+            ("upstreams[0].endpoints", Some(13)),
+            ("supervisor.upstream", Some(18)),
+        ],
+        "{error}"
+    );
+}
+
+#[test]
+fn indices_of_later_items_stay_those_of_the_file() {
+    // listeners[0] fails; the duplicate route name is in listeners[1] of
+    // the file, even though it is the first listener decoded.
+    let text = "\
+listeners:
+  - name: broken
+    routes: [{name: x, upstream: app}]
+  - name: inbound
+    listen: 127.0.0.1:15006
+    routes:
+      - {name: dup, upstream: app}
+      - {name: dup, upstream: app}
+upstreams: [{name: app, endpoints: [127.0.0.1:8080]}]
+";
+    let error = load(text).unwrap_err().to_string();
+    assert!(
+        error.contains("listeners[0]: required key is missing")
+            || error.contains("listeners[0].listen: required key is missing"),
+        "{error}"
+    );
+    assert!(
+        error.contains("line 8: listeners[1].routes[1].name: duplicate route name \"dup\""),
+        "{error}"
+    );
+}
+
+#[test]
+fn flag_errors_name_the_flag() {
+    let overrides = Overrides {
+        admin: Some("10.255.255.1:15400".parse().unwrap()),
+        threads: Some(0),
+        ..Overrides::default()
+    };
+    let error = load_str(DEFAULT_CONFIG, "<embedded default>", &overrides).unwrap_err();
+    let rendered = error.to_string();
+    assert!(
+        rendered.contains("\n  --admin 10.255.255.1:15400: admin address 10.255.255.1:15400 is not loopback: set admin.token"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("\n  --threads 0: must be between 1 and 1024"),
+        "{rendered}"
+    );
+    assert!(error.issues.iter().all(|issue| issue.line.is_none()));
+    assert!(!rendered.contains("line 4"), "{rendered}");
+
+    let two = format!("{MINIMAL}  - name: second\n    endpoints: [127.0.0.1:8081]\n",);
+    let overrides = Overrides {
+        upstream: Some("127.0.0.1:9000".to_owned()),
+        ..Overrides::default()
+    };
+    let error = load_str(&two, "t", &overrides).unwrap_err().to_string();
+    assert!(
+        error.contains("--upstream 127.0.0.1:9000: needs a config with exactly one upstream"),
+        "{error}"
+    );
+
+    // A flag's value collides with the file: the flag is named.
+    let overrides = Overrides {
+        listen: Some("127.0.0.1:15000".parse().unwrap()),
+        ..Overrides::default()
+    };
+    let error = load_str(MINIMAL, "t", &overrides).unwrap_err().to_string();
+    assert!(
+        error.contains("--listen 127.0.0.1:15000: address 127.0.0.1:15000 is already used"),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_command_flag_supervises_with_every_default() {
+    let overrides = Overrides {
+        command: vec!["./app".to_owned(), "--port".to_owned(), "8080".to_owned()],
+        ..Overrides::default()
+    };
+    let config = load_str(MINIMAL, "t", &overrides).unwrap();
+    let process = config.supervisor.process.unwrap();
+    assert_eq!(process.command, "./app");
+    assert_eq!(process.args, ["--port", "8080"]);
+    assert_eq!(process.restart, RestartPolicy::OnFailure);
+    assert_eq!(process.stop_signal, Signal::TERM);
+    assert_eq!(process.backoff, RestartBackoff::default());
+    assert_eq!(
+        Process::from_command(&["./app".to_owned()]).map(|p| p.stop_grace),
+        Some(Duration::from_secs(10))
+    );
+}
+
+#[test]
+fn listener_limits_override_the_global_ones_key_by_key() {
+    let text = "\
+limits:
+  max_headers: 50
+  idle: 5s
+  h2: {max_concurrent_streams: 10}
+listeners:
+  - name: a
+    listen: 127.0.0.1:15006
+    limits: {max_connections: 7, h2: {}}
+    routes: [{name: r1, upstream: app}]
+  - name: b
+    listen: 127.0.0.1:15007
+    routes: [{name: r2, upstream: app}]
+upstreams: [{name: app, endpoints: [127.0.0.1:8080]}]
+";
+    let config = load(text).unwrap();
+    let a = &config.listeners[0].limits;
+    assert_eq!(a.max_connections, 7);
+    assert_eq!(a.max_headers, 50, "absent keys keep the global value");
+    assert_eq!(a.idle, Duration::from_secs(5));
+    assert_eq!(a.h2.max_concurrent_streams, 10);
+    assert_eq!(a.max_header_bytes, Limits::default().max_header_bytes);
+    assert_eq!(config.listeners[1].limits, config.limits);
+    assert_eq!(config.limits.max_headers, 50);
+}
+
+#[test]
+fn declared_defaults_are_what_an_empty_section_reads_as() {
+    let text = "\
+listeners:
+  - name: inbound
+    listen: 127.0.0.1:15006
+    routes:
+      - name: all
+        upstream: app
+        circuit_breaker: true
+        bulkhead: {}
+        retry: {}
+        timeouts: {}
+upstreams:
+  - name: app
+    endpoints: [127.0.0.1:8080]
+    outlier_detection: {}
+supervisor: {triggers: {}, recovery: {}, failback: {}}
+limits: {}
+overload: {}
+runtime: {}
+admin:
+";
+    let config = load(text).unwrap();
+    let route = &config.listeners[0].routes[0];
+    assert_eq!(route.circuit_breaker, Toggle::On(CircuitBreaker::default()));
+    assert_eq!(route.bulkhead, Toggle::On(Bulkhead::default()));
+    assert_eq!(route.retry, Retry::default());
+    assert_eq!(route.timeouts, RouteTimeouts::default());
+    assert_eq!(
+        config.upstreams[0].outlier_detection,
+        Toggle::On(OutlierDetection::default())
+    );
+    assert_eq!(config.supervisor, Supervisor::default());
+    assert_eq!(config.limits, Limits::default());
+    assert_eq!(config.overload, Overload::default());
+    assert_eq!(config.runtime, Runtime::default());
+    assert_eq!(config.admin, Admin::default());
+    // And they are the SPEC's.
+    let breaker = CircuitBreaker::default();
+    assert_eq!(
+        (breaker.consecutive_failures, breaker.minimum_calls),
+        (5, 20)
+    );
+    assert_eq!(breaker.window, BreakerWindow::Count(100));
+    assert_eq!(Bulkhead::default().max_concurrent, 1024);
+    assert_eq!(Limits::default().max_header_bytes, ByteSize(60 << 10));
+}
+
+const EVERYTHING: &str = "\
+runtime: {threads: 3}
+admin: {listen: 127.0.0.1:15100}
+limits: {max_body_bytes: 1MiB, h2: {max_concurrent_streams: 50}}
+overload: {memory: 128MiB}
+listeners:
+  - name: inbound
+    listen: 127.0.0.1:15006
+    trust_forwarded: true
+    limits: {max_headers: 20}
+    routes:
+      - name: api
+        match: {host: API.example, path_exact: /v1, methods: [GET], headers: {X-B: '2', x-a: '1'}}
+        upstream: app
+        rate_limit: {rps: 2.5}
+        circuit_breaker: {window: {type: time, size: 10s}, slow_call_rate: 0.5}
+        bulkhead: {max_concurrent: 10}
+        retry: {attempts: 2, retry_on: [reset, 503], backoff: {base: 1s}}
+upstreams:
+  - name: app
+    endpoints: [127.0.0.1:8080, localhost:8081]
+    backup: [127.0.0.1:9090]
+    protocol: auto
+    outlier_detection: false
+    health_check: {exec: [check, '{endpoint}'], interval: 5s}
+  - name: tcp
+    endpoints: [127.0.0.1:8082]
+    health_check: {tcp: {}}
+supervisor:
+  upstream: app
+  process:
+    command: ./svc
+    args: [--port, '8080']
+    env: {B: two, A: one}
+    cwd: /tmp
+    restart: always
+    stop_signal: '2'
+    backoff: {initial: 1m}
+    crash_loop: {max_restarts: 2, window: 10s}
+    memory_limit: 1GiB
+    log_patterns: [{regex: 'panic(ked)?', action: failover}, {regex: oom}]
+  triggers: {error_rate: {threshold: 0.25}}
+  recovery: {ladder: [exec, escalate], exec: [page, me]}
+alerts:
+  webhooks: []
+";
+
+#[test]
+fn effective_config_of_every_kind_of_value_round_trips() {
+    let config = load(EVERYTHING).unwrap();
+    let route = &config.listeners[0].routes[0];
+    assert_eq!(route.matcher.host.as_deref(), Some("api.example"));
+    assert_eq!(
+        route.matcher.headers,
+        [
+            ("x-b".to_owned(), "2".to_owned()),
+            ("x-a".to_owned(), "1".to_owned())
+        ]
+    );
+    assert_eq!(route.rate_limit.as_ref().map(|limit| limit.burst), Some(3));
+    assert_eq!(route.bulkhead.on().map(|b| b.max_queue), Some(0));
+    assert_eq!(route.retry.backoff.max, Duration::from_secs(1));
+    let process = config.supervisor.process.as_ref().unwrap();
+    assert_eq!(process.stop_signal.number(), libc::SIGINT);
+    assert_eq!(process.backoff.max, Duration::from_secs(60));
+    assert_eq!(process.env[0], ("B".to_owned(), "two".to_owned()));
+    assert_eq!(process.log_patterns[1].action, RecoveryAction::Restart);
+    assert!(process.log_patterns[0]
+        .regex()
+        .unwrap()
+        .is_match("panicked"));
+    assert_eq!(
+        config.listeners[0].limits.max_body_bytes,
+        Some(ByteSize(1 << 20))
+    );
+
+    let printed = config.to_yaml();
+    let again = load(&printed).unwrap_or_else(|error| panic!("{error}\n{printed}"));
+    assert_eq!(again, config, "{printed}");
+    assert!(printed.contains("stop_signal: \"SIGINT\""), "{printed}");
+}
+
+#[test]
+fn reference_config_round_trips() {
+    let config = load_str(
+        include_str!("../../config/breakwater.yaml"),
+        "breakwater.yaml",
+        &Overrides::default(),
+    )
+    .unwrap();
+    let printed = config.to_yaml();
+    assert_eq!(
+        load(&printed).unwrap_or_else(|error| panic!("{error}\n{printed}")),
+        config
+    );
+}
+
+#[test]
+fn toggles_and_word_sets_say_what_they_accept() {
+    let text = MINIMAL.replace(
+        "        upstream: app\n",
+        "        upstream: app\n        bulkhead: sometimes\n        circuit_breaker: {window: {type: sliding}}\n",
+    );
+    let error = load(&text).unwrap_err().to_string();
+    assert!(
+        error.contains("bulkhead: expected true, false or a mapping, found \"sometimes\""),
+        "{error}"
+    );
+    assert!(
+        error.contains("window.type: expected one of count, time, found \"sliding\""),
+        "{error}"
+    );
+}
+
+/// Every way `text` breaks `breakwater schema`, as "path: error".
+fn schema_errors(text: &str) -> Vec<String> {
+    let validator = jsonschema::draft7::new(&schema()).unwrap();
+    let tree = yaml::parse(text, &|_| None).unwrap();
+    let instance = tree.to_json();
+    validator
+        .iter_errors(&instance)
+        .map(|error| format!("{}: {error}", error.instance_path()))
+        .collect()
+}
+
+#[test]
+fn schema_accepts_the_shipped_configs() {
+    for (name, text) in [
+        (
+            "config/breakwater.yaml",
+            include_str!("../../config/breakwater.yaml"),
+        ),
+        ("config/demo.yaml", include_str!("../../config/demo.yaml")),
+        ("src/config/default.yaml", DEFAULT_CONFIG),
+        ("EVERYTHING", EVERYTHING),
+        ("WITH_POLICIES", WITH_POLICIES),
+        ("MINIMAL", MINIMAL),
+    ] {
+        assert_eq!(schema_errors(text), Vec::<String>::new(), "{name}");
+    }
+}
+
+#[test]
+fn schema_rejects_what_the_loader_rejects() {
+    for (what, text) in [
+        (
+            "an unknown key",
+            MINIMAL.replace("    endpoints:", "    endpoint: [x:1]\n    endpoints:"),
+        ),
+        (
+            "a key of a later part",
+            MINIMAL.replace(
+                "        upstream: app\n",
+                "        upstream: app\n        fallback: {status: 503}\n",
+            ),
+        ),
+        (
+            "a wrong type",
+            format!("{MINIMAL}limits: {{max_headers: lots}}\n"),
+        ),
+        ("a list for a mapping", format!("{MINIMAL}runtime: [1]\n")),
+        (
+            "a bad duration",
+            format!("{MINIMAL}supervisor: {{drain_timeout: 5}}\n"),
+        ),
+        (
+            "a bad word",
+            format!("{MINIMAL}alerts: {{webhooks: [{{url: 'http://a:1/', format: xml}}]}}\n"),
+        ),
+        (
+            "out of range",
+            format!("{MINIMAL}runtime: {{threads: 0}}\n"),
+        ),
+        (
+            "a missing required key",
+            MINIMAL.replace("        upstream: app\n", ""),
+        ),
+        (
+            "two probes",
+            format!("{MINIMAL}    health_check: {{tcp: {{}}, exec: [true]}}\n"),
+        ),
+    ] {
+        assert!(load(&text).is_err(), "the loader accepts {what}");
+        assert!(
+            !schema_errors(&text).is_empty(),
+            "the schema accepts {what}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn schema_says_what_the_docs_say() {
+    let schema = schema();
+    let breaker = &schema["properties"]["listeners"]["items"]["properties"]["routes"]["items"]
+        ["properties"]["circuit_breaker"]["anyOf"][1];
+    assert_eq!(breaker["additionalProperties"], false);
+    let failures = &breaker["properties"]["consecutive_failures"];
+    assert_eq!(failures["default"], 5);
+    assert!(failures["description"]
+        .as_str()
+        .unwrap()
+        .starts_with("Failures in a row"));
+    let rate = &breaker["properties"]["failure_rate"];
+    assert_eq!(
+        (rate["exclusiveMinimum"].clone(), rate["maximum"].clone()),
+        (0.into(), 1.into())
+    );
+    let protocol = &schema["properties"]["upstreams"]["items"]["properties"]["protocol"];
+    assert_eq!(
+        protocol["enum"],
+        serde_json::json!(["http1", "http2", "auto"])
+    );
+}
+
+/// `docs/CONFIG.md` is generated from the declarations; this keeps the
+/// checked-in file current. `BREAKWATER_BLESS=1` rewrites it.
+#[test]
+fn config_reference_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/CONFIG.md");
+    let generated = reference_markdown();
+    assert!(
+        !generated.contains("shared/"),
+        "user docs never link the spec"
+    );
+    if std::env::var_os("BREAKWATER_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+        return;
+    }
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        current == generated,
+        "docs/CONFIG.md is stale; regenerate it with:\n  BREAKWATER_BLESS=1 cargo test config_reference_is_current"
+    );
+}
+
+#[test]
+fn config_reference_documents_every_key() {
+    let markdown = reference_markdown();
+    for section in reference() {
+        for key in &section.keys {
+            assert!(
+                markdown.contains(&format!("| `{}` |", key.name)),
+                "{}.{} is not in the reference",
+                section.path,
+                key.name
+            );
+            assert!(
+                !key.doc.is_empty(),
+                "{}.{} has no doc",
+                section.path,
+                key.name
+            );
+        }
+        assert!(!section.doc.is_empty(), "{} has no doc", section.path);
+    }
+}
+
+// === the reference config states the code's defaults ===
+
+/// A key line of the reference config, commented out or not.
+struct RefLine<'t> {
+    number: usize,
+    commented: bool,
+    indent: usize,
+    dash: bool,
+    key: &'t str,
+    value: &'t str,
+    comment: &'t str,
+}
+
+/// Splits `  - key: value  # comment` (or the same behind one `# `).
+fn ref_line(number: usize, raw: &str) -> Option<RefLine<'_>> {
+    let trimmed = raw.trim_start();
+    let (commented, indent, text) = match trimmed.strip_prefix('#') {
+        Some(rest) => {
+            let rest = rest.strip_prefix(' ').unwrap_or(rest);
+            let inner = rest.trim_start();
+            let indent = raw.len() - trimmed.len() + rest.len() - inner.len();
+            (true, indent, inner)
+        }
+        None => (false, raw.len() - trimmed.len(), trimmed),
+    };
+    let (dash, text, indent) = match text.strip_prefix("- ") {
+        Some(rest) => (true, rest, indent + 2),
+        None => (false, text, indent),
+    };
+    let colon = text.find(':')?;
+    let key = &text[..colon];
+    if key.is_empty()
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return None;
+    }
+    let rest = &text[colon + 1..];
+    if !(rest.is_empty() || rest.starts_with(' ')) {
+        return None;
+    }
+    // The comment starts at a `#` after a space, outside quotes.
+    let (mut quote, mut comment_at) = (None, rest.len());
+    let bytes = rest.as_bytes();
+    for (at, &byte) in bytes.iter().enumerate() {
+        match (quote, byte) {
+            (None, b'"' | b'\'') => quote = Some(byte),
+            (Some(open), _) if open == byte => quote = None,
+            (None, b'#') if at == 0 || bytes[at - 1] == b' ' => {
+                comment_at = at;
+                break;
+            }
+            _ => {}
+        }
+    }
+    Some(RefLine {
+        number,
+        commented,
+        indent,
+        dash,
+        key,
+        value: rest[..comment_at].trim(),
+        comment: rest[comment_at..].trim_start_matches('#').trim(),
+    })
+}
+
+/// What a comment says the default is: `(default)` → `Some(None)`, the value
+/// on the line; `(default X)` or `(default: X)` → `Some(Some(X))`.
+fn default_marker(comment: &str) -> Option<Option<&str>> {
+    let at = comment.find("(default")?;
+    let rest = &comment[at + "(default".len()..];
+    let end = rest.rfind(')')?;
+    let stated = rest[..end].trim_start_matches(':').trim();
+    Some((!stated.is_empty()).then_some(stated))
+}
+
+/// JSON equality with numbers compared by value (`2` = `2.0`).
+fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value as J;
+    match (a, b) {
+        (J::Number(a), J::Number(b)) => a.as_f64() == b.as_f64(),
+        (J::Array(a), J::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_json(a, b))
+        }
+        (J::Object(a), J::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(key, a)| b.get(key).is_some_and(|b| same_json(a, b)))
+        }
+        (a, b) => a == b,
+    }
+}
+
+/// `config/breakwater.yaml` says "(default)" after a value that is the
+/// default and "(default X)" where the default is X. Each such statement,
+/// on a live or a commented-out line, must match the declarations; and
+/// each live line of a key with a default must make one, so a default
+/// changed in code and not in the file fails here.
+#[test]
+fn reference_config_states_the_code_defaults() {
+    let text = include_str!("../../config/breakwater.yaml");
+    let sections = reference();
+    let section_paths: Vec<&str> = sections.iter().map(|s| s.path.as_str()).collect();
+    let key_doc = |path: &str| {
+        let (section, key) = path.rsplit_once('.').unwrap_or(("", path));
+        sections
+            .iter()
+            .find(|s| s.path == section)
+            .and_then(|s| s.keys.iter().find(|k| k.name == key))
+    };
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for (index, raw) in text.lines().enumerate() {
+        let marker_here = raw.contains("(default");
+        let Some(line) = ref_line(index + 1, raw) else {
+            // Prose comments may speak of defaults; a value line may not
+            // without naming its key.
+            if marker_here && !raw.trim_start().starts_with('#') {
+                problems.push(format!("line {}: a default stated on no key", index + 1));
+            }
+            continue;
+        };
+        let column = if line.dash {
+            line.indent - 2
+        } else {
+            line.indent
+        };
+        while stack.last().is_some_and(|(indent, _)| *indent >= column) {
+            stack.pop();
+        }
+        let mut parent = stack.last().map_or(String::new(), |(_, path)| path.clone());
+        if line.dash {
+            parent.push_str("[]");
+            stack.push((column, parent.clone()));
+        }
+        let path = if parent.is_empty() {
+            line.key.to_owned()
+        } else {
+            format!("{parent}.{}", line.key)
+        };
+        let Some(key) = key_doc(&path) else {
+            if marker_here || !line.commented {
+                problems.push(format!("line {}: {path} is not a key", line.number));
+            }
+            continue;
+        };
+        stack.push((line.indent, path.clone()));
+        let is_section = section_paths.contains(&path.as_str())
+            || section_paths.contains(&format!("{path}[]").as_str());
+        let where_ = format!("line {}: {path}", line.number);
+        match default_marker(line.comment) {
+            Some(stated) => {
+                checked += 1;
+                let Some(default) = &key.default else {
+                    problems.push(format!("{where_} is required; it has no default"));
+                    continue;
+                };
+                let matches = match stated {
+                    Some(text) if key.default_text == Some(text) => true,
+                    Some("none") => default.is_null(),
+                    Some(text) => yaml::parse(text, &|_| None)
+                        .ok()
+                        .and_then(|node| (key.normalize)(&node))
+                        .is_some_and(|stated| same_json(&stated, default)),
+                    None => yaml::parse(line.value, &|_| None)
+                        .ok()
+                        .and_then(|node| (key.normalize)(&node))
+                        .is_some_and(|value| same_json(&value, default)),
+                };
+                if !matches {
+                    let code = key
+                        .default_text
+                        .map_or_else(|| reference::flow(default), str::to_owned);
+                    problems.push(format!(
+                        "{where_}: the file says the default is {:?}, the code says {code}",
+                        stated.unwrap_or(line.value)
+                    ));
+                }
+            }
+            None => {
+                let states_something = key.default_text.is_some()
+                    || key.default.as_ref().is_some_and(|default| {
+                        !default.is_null()
+                            && default.as_array().is_none_or(|items| !items.is_empty())
+                    });
+                let override_ = path.starts_with("listeners[].limits");
+                if !line.commented && !is_section && states_something && !override_ {
+                    problems.push(format!(
+                        "{where_}: say \"(default)\" or \"(default X)\" in the comment"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(checked >= 40, "only {checked} defaults stated");
+}
+
+#[test]
+fn reference_lines_parse() {
+    let line = ref_line(1, "  #   restart: on-failure   # a | b (default)").unwrap();
+    assert!(line.commented);
+    assert_eq!(
+        (line.indent, line.key, line.value),
+        (4, "restart", "on-failure")
+    );
+    assert_eq!(default_marker(line.comment), Some(None));
+    let line = ref_line(2, "      - name: x # y (default: 1; 0 when z)").unwrap();
+    assert!(line.dash);
+    assert_eq!(line.indent, 8);
+    assert_eq!(default_marker(line.comment), Some(Some("1; 0 when z")));
+    let line = ref_line(3, "    regex: \"a # b\"  # c").unwrap();
+    assert_eq!(line.value, "\"a # b\"");
+    assert!(ref_line(4, "# Durations: 250ms, 5s").is_none());
+    assert!(ref_line(5, "  # A non-loopback admin address is refused.").is_none());
+}
+
+#[test]
+fn every_bad_item_of_a_list_is_reported_at_its_own_index() {
+    let text = MINIMAL.replace(
+        "    endpoints: [127.0.0.1:8080]\n",
+        "    endpoints: [{}, 'x:0', 127.0.0.1:8080, 'a@b:1']\n    backup: []\n",
+    );
+    let error = load(&text).unwrap_err();
+    let paths: Vec<&str> = error
+        .issues
+        .iter()
+        .map(|issue| issue.path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "upstreams[0].endpoints[0]",
+            "upstreams[0].endpoints[1]",
+            "upstreams[0].endpoints[3]",
+        ],
+        "{error}"
+    );
+    // A rule on the list as a whole is not applied once an item failed:
+    // the only route failing does not also make "no routes".
+    let text = MINIMAL.replace("      - name: all\n", "      - name: [all]\n");
+    let error = load(&text).unwrap_err();
+    assert_eq!(error.issues.len(), 1, "{error}");
 }

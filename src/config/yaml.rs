@@ -4,7 +4,10 @@
 //! once: the line of every key (so each error can point at it) and the
 //! chance to keep going after the first error (so every error is reported in
 //! one run). This module parses with `yaml-rust2`'s event API into a small
-//! [`Node`] tree; [`super::decode`] walks it.
+//! [`Node`] tree, which the decoder (`decode.rs`) walks.
+//!
+//! [`Node::to_json`] gives the tree as an editor sees it (YAML's core
+//! schema), which is what `breakwater schema` describes.
 //!
 //! `${NAME}` in a scalar value is replaced by the environment variable
 //! `NAME` (write `$${` for a literal `${`). Aliases are expanded, with a cap
@@ -60,6 +63,130 @@ impl Node {
             Value::Map(_) => "a mapping",
         }
     }
+
+    /// A quoted (so always string) scalar, for values that come from
+    /// elsewhere than the file, such as command-line flags.
+    pub fn string(text: impl Into<String>, line: usize) -> Node {
+        Node {
+            value: Value::Scalar {
+                text: text.into(),
+                quoted: true,
+            },
+            line,
+            from_env: false,
+        }
+    }
+
+    /// The value under `key` if this is a mapping that has it.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(name, _)| matches!(&name.value, Value::Scalar { text, .. } if text == key))
+                .map(|(_, value)| value),
+            _ => None,
+        }
+    }
+
+    /// Line of `key` if this is a mapping that has it.
+    pub fn key_line(&self, key: &str) -> Option<usize> {
+        match &self.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(name, _)| matches!(&name.value, Value::Scalar { text, .. } if text == key))
+                .map(|(name, _)| name.line),
+            _ => None,
+        }
+    }
+
+    /// The value under `key`, created (as `null`) if this is a mapping
+    /// without it; a `null` node becomes an empty mapping first. `None` if
+    /// this is neither.
+    pub fn entry(&mut self, key: &str) -> Option<&mut Node> {
+        let line = self.line;
+        if self.value == Value::Null {
+            self.value = Value::Map(Vec::new());
+        }
+        let Value::Map(entries) = &mut self.value else {
+            return None;
+        };
+        let at = match entries
+            .iter()
+            .position(|(name, _)| matches!(&name.value, Value::Scalar { text, .. } if text == key))
+        {
+            Some(at) => at,
+            None => {
+                let null = Node {
+                    value: Value::Null,
+                    line,
+                    from_env: false,
+                };
+                entries.push((Node::string(key, line), null));
+                entries.len() - 1
+            }
+        };
+        entries.get_mut(at).map(|(_, value)| value)
+    }
+
+    /// The node as JSON, typed the way YAML's core schema reads plain
+    /// scalars (`5` a number, `true` a boolean, `5s` a string; quoted
+    /// scalars are strings): what an editor validating the file against
+    /// `breakwater schema` sees.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as Json;
+        match &self.value {
+            Value::Null => Json::Null,
+            Value::Scalar { text, quoted: true } => Json::from(text.as_str()),
+            Value::Scalar {
+                text,
+                quoted: false,
+            } => plain_scalar(text),
+            Value::Seq(items) => Json::Array(items.iter().map(Node::to_json).collect()),
+            Value::Map(entries) => Json::Object(
+                entries
+                    .iter()
+                    .map(|(key, value)| {
+                        let key = match &key.value {
+                            Value::Scalar { text, .. } => text.clone(),
+                            _ => key.to_json().to_string(),
+                        };
+                        (key, value.to_json())
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// A plain scalar as YAML 1.2's core schema types it.
+fn plain_scalar(text: &str) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match text {
+        "true" | "True" | "TRUE" => return Json::Bool(true),
+        "false" | "False" | "FALSE" => return Json::Bool(false),
+        _ => {}
+    }
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let numeric = digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'));
+    if numeric {
+        if let Ok(number) = text.parse::<i64>() {
+            return Json::from(number);
+        }
+        if let Ok(number) = text.parse::<u64>() {
+            return Json::from(number);
+        }
+        if let Some(number) = text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+        {
+            return Json::Number(number);
+        }
+    }
+    Json::from(text)
 }
 
 /// A problem found while parsing, before any key is looked at.
@@ -403,6 +530,32 @@ mod tests {
         }
         let error = parse(&text, &no_env).unwrap_err();
         assert!(error.message.contains("too large"));
+    }
+
+    #[test]
+    fn json_types_plain_scalars_like_yaml() {
+        let doc = parse(
+            "a: 5\nb: \"5\"\nc: 5s\nd: true\ne: 0.5\nf: [x, -1]\ng:\nh: 1e3\n",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            doc.to_json(),
+            serde_json::json!({
+                "a": 5, "b": "5", "c": "5s", "d": true, "e": 0.5,
+                "f": ["x", -1], "g": null, "h": 1000.0,
+            })
+        );
+    }
+
+    #[test]
+    fn entries_are_found_and_made() {
+        let mut doc = parse("a: {b: 1}\nc:\n", &no_env).unwrap();
+        assert_eq!(doc.key_line("c"), Some(2));
+        assert!(doc.get("a").and_then(|a| a.get("b")).is_some());
+        *doc.entry("c").unwrap().entry("d").unwrap() = Node::string("x", 9);
+        assert_eq!(doc.to_json()["c"]["d"], "x");
+        assert!(doc.get("a").unwrap().get("b").unwrap().get("z").is_none());
     }
 
     #[test]

@@ -14,31 +14,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// One rung.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Restart the supervised process.
-    Restart,
-    /// Send traffic to the backup endpoints.
-    Failover,
-    /// Run the configured command.
-    Exec,
-    /// Give up and call for a human.
-    Escalate,
-}
-
-impl Action {
-    /// Label for metrics and events.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Restart => "restart",
-            Action::Failover => "failover",
-            Action::Exec => "exec",
-            Action::Escalate => "escalate",
-        }
-    }
-}
+/// One rung: owned by config, where the ladder is written.
+pub use crate::config::RecoveryAction as Action;
 
 /// `supervisor.recovery`.
 #[derive(Debug, Clone, PartialEq)]

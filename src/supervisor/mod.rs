@@ -394,7 +394,7 @@ fn ladder_config(section: &crate::config::Supervisor) -> LadderConfig {
 }
 
 fn stop_signal(process: &Process) -> i32 {
-    process::parse_signal(&process.stop_signal).unwrap_or(libc::SIGTERM)
+    process.stop_signal.number()
 }
 
 struct Task {

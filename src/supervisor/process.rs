@@ -227,24 +227,6 @@ fn exit_of(status: std::process::ExitStatus) -> Exit {
     }
 }
 
-/// Parses a signal name as config writes it (`SIGTERM`, `TERM`, `15`).
-pub fn parse_signal(text: &str) -> Result<i32, String> {
-    let name = text.trim().trim_start_matches("SIG");
-    let signal = match name {
-        "TERM" => libc::SIGTERM,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "HUP" => libc::SIGHUP,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        other => other
-            .parse()
-            .map_err(|_| format!("expected a signal like SIGTERM, found {text:?}"))?,
-    };
-    Ok(signal)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,14 +242,6 @@ mod tests {
         assert!(resolve(&spec("sh")).is_some_and(|path| path.is_absolute()));
         assert_eq!(resolve(&spec("no-such-command-here")), None);
         assert_eq!(resolve(&spec("./no/such/file")), None);
-    }
-
-    #[test]
-    fn signals_parse() {
-        assert_eq!(parse_signal("SIGTERM"), Ok(libc::SIGTERM));
-        assert_eq!(parse_signal("INT"), Ok(libc::SIGINT));
-        assert_eq!(parse_signal("9"), Ok(9));
-        assert!(parse_signal("SIGNOPE").is_err());
     }
 
     #[tokio::test]

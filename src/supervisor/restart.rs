@@ -14,17 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// `supervisor.process.restart`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartPolicy {
-    /// Restart on any exit.
-    Always,
-    /// Restart unless it exited with status 0.
-    OnFailure,
-    /// Never restart.
-    Never,
-}
+pub use crate::config::RestartPolicy;
 
 /// Backoff and crash-loop settings.
 #[derive(Debug, Clone, PartialEq)]

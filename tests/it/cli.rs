@@ -44,15 +44,17 @@ upstreams:
         "line 3: admin.tokn: unknown key",
         "line 10: listeners[0].routes[0].timeouts.request:",
         "line 14: upstreams[0].connect_timeout:",
+        // Cross-section checks run in the same pass.
+        "line 9: listeners[0].routes[0].upstream: no upstream named \"missing\"",
     ] {
         assert!(
             errors.contains(expected),
             "missing {expected:?} in:\n{errors}"
         );
     }
-    assert!(errors.contains("3 errors"), "{errors}");
+    assert!(errors.contains("4 errors"), "{errors}");
 
-    // Once those are fixed, the dangling reference is reported too.
+    // On its own, the dangling reference is reported the same way.
     let (ok, _, errors) = check(
         "listeners:
   - name: inbound
@@ -93,6 +95,62 @@ admin: {token: hunter2}
     }
     assert!(!printed.contains("hunter2"), "secrets are never printed");
     assert!(printed.contains("<redacted>"));
+}
+
+#[test]
+fn check_without_a_file_checks_the_embedded_default_with_the_flags() {
+    let output = Command::new(bin())
+        .args([
+            "check",
+            "--listen",
+            "127.0.0.1:16006",
+            "--upstream",
+            "127.0.0.1:3000",
+            "--threads",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{errors}");
+    assert!(errors.contains("<embedded default>: ok"), "{errors}");
+    for expected in [
+        "listen: \"127.0.0.1:16006\"",
+        "endpoints: [\"127.0.0.1:3000\"]",
+        "threads: 2",
+        "listen: \"127.0.0.1:15000\"",
+        "path_prefix: \"/\"",
+    ] {
+        assert!(
+            printed.contains(expected),
+            "missing {expected} in:\n{printed}"
+        );
+    }
+
+    // An error a flag causes names the flag, not a line of a file the
+    // user never wrote.
+    let output = Command::new(bin())
+        .args(["check", "--admin", "10.255.255.1:15400"])
+        .output()
+        .unwrap();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        errors.contains("--admin 10.255.255.1:15400: admin address 10.255.255.1:15400 is not loopback: set admin.token"),
+        "{errors}"
+    );
+    assert!(!errors.contains("line "), "{errors}");
+}
+
+#[test]
+fn schema_prints_the_json_schema() {
+    let output = Command::new(bin()).arg("schema").output().unwrap();
+    assert!(output.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+    assert_eq!(schema["additionalProperties"], false);
+    assert!(schema["properties"]["listeners"]["items"]["properties"]["routes"].is_object());
 }
 
 #[test]
@@ -239,6 +297,7 @@ fn every_subcommand_has_help() {
         vec!["--help"],
         vec!["run", "--help"],
         vec!["check", "--help"],
+        vec!["schema", "--help"],
         vec!["sim", "--help"],
         vec!["demo", "--help"],
     ] {
