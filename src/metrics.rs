@@ -63,6 +63,12 @@ pub struct Metrics {
     pub recovery_attempts: IntCounterVec,
     /// `breakwater_recovery_duration_seconds{action}`: how long an action took.
     pub recovery_duration: HistogramVec,
+    /// `breakwater_upstream_connections{upstream,state}`: HTTP/1 connections
+    /// to an upstream's endpoints, by state (`idle`, `active`, `connecting`).
+    pub upstream_connections: IntGaugeVec,
+    /// `breakwater_upstream_pending{upstream}`: requests waiting for a
+    /// connection to one of an upstream's endpoints.
+    pub upstream_pending: IntGaugeVec,
 }
 
 /// Handles for one route, resolved when a snapshot is built.
@@ -243,12 +249,24 @@ impl Metrics {
             "Restarts of the supervised process, by reason (exit, signal).",
             &["reason"],
         )?;
+        let upstream_connections = gauge(
+            "upstream_connections",
+            "HTTP/1 connections to an upstream's endpoints, by state (idle, active, connecting).",
+            &["upstream", "state"],
+        )?;
+        let upstream_pending = gauge(
+            "upstream_pending",
+            "Requests waiting for a connection to one of an upstream's endpoints.",
+            &["upstream"],
+        )?;
         let endpoint_healthy = gauge(
             "endpoint_healthy",
             "1 when an endpoint takes traffic (healthy and not ejected).",
             &["upstream", "endpoint"],
         )?;
         Ok(Metrics {
+            upstream_connections,
+            upstream_pending,
             panics_total,
             overload_level,
             breaker_state,

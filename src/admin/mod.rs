@@ -427,6 +427,29 @@ fn refresh_gauges(state: &Admin) {
         metrics.webhook_dropped.inc_by(dropped - counted);
     }
     for pool in &snapshot.upstreams {
+        let name = pool.config.name.as_str();
+        let (mut idle, mut active, mut connecting, mut pending) = (0, 0, 0, 0);
+        for (_, endpoint) in pool.all_endpoints() {
+            let stats = endpoint.connections();
+            idle += stats.idle;
+            connecting += stats.connecting;
+            active += stats.open.saturating_sub(stats.idle + stats.connecting);
+            pending += stats.pending;
+        }
+        for (state, count) in [
+            ("idle", idle),
+            ("active", active),
+            ("connecting", connecting),
+        ] {
+            metrics
+                .upstream_connections
+                .with_label_values(&[name, state])
+                .set(count as i64);
+        }
+        metrics
+            .upstream_pending
+            .with_label_values(&[name])
+            .set(pending as i64);
         for (index, endpoint) in pool.endpoints().iter().enumerate() {
             let up = i64::from(pool.is_available(index, now));
             metrics

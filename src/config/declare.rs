@@ -4,7 +4,7 @@
 //! A section is written as a struct whose fields carry their default and
 //! their checks:
 //!
-//! ```ignore
+//! ```text
 //! section! {
 //!     /// `bulkhead:` (SPEC §3.2) …
 //!     pub struct Bulkhead {

@@ -425,9 +425,15 @@ section! {
         backup: Vec<String> = Vec::new(),
         /// Protocol spoken to the endpoints.
         protocol: Protocol = Protocol::Http1,
-        /// Time allowed to open a TCP connection. → 502.
+        /// Time allowed to open a TCP connection. Above Linux's first SYN
+        /// retransmission (1s), so a SYN the service's full accept queue
+        /// dropped gets its second chance; a timeout while the endpoint
+        /// answers other requests is congestion, not counted against it.
+        /// → 502 `upstream-unavailable` when the endpoint answers nothing.
         #[check(above_zero())]
-        connect_timeout: Duration = Duration::from_secs(1),
+        connect_timeout: Duration = Duration::from_secs(2),
+        /// Each endpoint's HTTP/1 connection limits and queue.
+        connections: Connections = Connections::default(),
         /// Passive health from live traffic: on unless `false`.
         #[default_text = "on"]
         outlier_detection: Toggle<OutlierDetection> = Toggle::On(OutlierDetection::default()),
@@ -435,6 +441,28 @@ section! {
         health_check: Option<HealthCheck> = None,
     }
     later: ["tls", "slow_start"],
+}
+
+section! {
+    /// `upstreams[].connections:` — how many HTTP/1 connections breakwater
+    /// keeps to each endpoint, and how requests wait for one (HAProxy's
+    /// `maxconn` and server queue, Envoy's `max_connections` and
+    /// `max_pending_requests`).
+    pub struct Connections {
+        /// Connections to one endpoint, open, in use or being dialled.
+        #[check(at_least(1))]
+        max_connections: usize = 1024,
+        /// Connections to one endpoint being dialled at once, so a burst
+        /// does not overflow a small service's accept queue.
+        #[check(at_least(1))]
+        max_connecting: usize = 4,
+        /// Requests waiting for a connection to one endpoint; more are shed
+        /// with 503 `upstream-queue-full`.
+        max_pending: usize = 1024,
+        /// Longest wait for a connection; then 503 `upstream-queue-timeout`.
+        #[check(above_zero())]
+        pending_timeout: Duration = Duration::from_secs(5),
+    }
 }
 
 words! {

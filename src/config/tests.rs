@@ -24,7 +24,7 @@ fn embedded_default_is_valid_and_matches_spec() {
     assert_eq!(config.admin.listen.to_string(), "127.0.0.1:15000");
     assert_eq!(config.listeners[0].listen.to_string(), "0.0.0.0:15006");
     assert_eq!(config.upstreams[0].endpoints, ["127.0.0.1:8080"]);
-    assert_eq!(config.upstreams[0].connect_timeout, Duration::from_secs(1));
+    assert_eq!(config.upstreams[0].connect_timeout, Duration::from_secs(2));
     assert_eq!(
         config.listeners[0].routes[0].timeouts.request,
         Duration::from_secs(15)

@@ -137,7 +137,9 @@ impl Rejection {
             Rejection::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
             Rejection::BreakerOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "breaker-open"),
             Rejection::Shed => (StatusCode::SERVICE_UNAVAILABLE, "shed"),
-            Rejection::UpstreamQueueFull => (StatusCode::SERVICE_UNAVAILABLE, "upstream-queue-full"),
+            Rejection::UpstreamQueueFull => {
+                (StatusCode::SERVICE_UNAVAILABLE, "upstream-queue-full")
+            }
             Rejection::UpstreamQueueTimeout => {
                 (StatusCode::SERVICE_UNAVAILABLE, "upstream-queue-timeout")
             }

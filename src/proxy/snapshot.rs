@@ -344,6 +344,7 @@ impl RoutePlan {
                 upstream.clone(),
                 classifier,
                 route.timeouts.per_try,
+                report.clone(),
             ));
         Ok(RoutePlan {
             name: Arc::from(route.name.as_str()),

@@ -84,7 +84,7 @@ admin: {token: hunter2}
     assert!(ok);
     for expected in [
         "request: \"15s\"",
-        "connect_timeout: \"1s\"",
+        "connect_timeout: \"2s\"",
         "max_header_bytes: \"60KiB\"",
         "drain_timeout: \"20s\"",
     ] {

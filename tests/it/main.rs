@@ -6,6 +6,7 @@
 //! HTTP clients and raw sockets.
 
 mod admin;
+mod capacity;
 mod cli;
 mod events;
 mod hardening;

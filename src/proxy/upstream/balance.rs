@@ -44,6 +44,7 @@ use crate::proxy::body::Body;
 use crate::proxy::gate::UpstreamGate;
 use crate::proxy::outcome::{CallError, Classifier};
 use crate::proxy::reject::StackError;
+use crate::proxy::report::RouteReport;
 
 /// Endpoints, their health and the gate of one upstream.
 pub struct UpstreamPool {
@@ -235,12 +236,13 @@ impl UpstreamPool {
 }
 
 /// Each endpoint's connection limits from `upstreams[].connections`.
-fn pool_limits(_config: &Upstream) -> PoolLimits {
+fn pool_limits(config: &Upstream) -> PoolLimits {
+    let connections = &config.connections;
     PoolLimits {
-        max_connections: 1024,
-        max_connecting: 4,
-        max_pending: 1024,
-        pending_timeout: Duration::from_secs(5),
+        max_connections: connections.max_connections,
+        max_connecting: connections.max_connecting,
+        max_pending: connections.max_pending,
+        pending_timeout: connections.pending_timeout,
     }
 }
 
@@ -250,20 +252,23 @@ pub struct Balance {
     pool: Arc<UpstreamPool>,
     classifier: Arc<Classifier>,
     per_try: Option<Duration>,
+    report: Arc<RouteReport>,
 }
 
 impl Balance {
     /// Tries `pool`'s endpoints, classifying with `classifier`, each try
-    /// within `per_try` when set.
+    /// within `per_try` when set; sheds are counted in `report`.
     pub fn new(
         pool: Arc<UpstreamPool>,
         classifier: Arc<Classifier>,
         per_try: Option<Duration>,
+        report: Arc<RouteReport>,
     ) -> Self {
         Balance {
             pool,
             classifier,
             per_try,
+            report,
         }
     }
 }
@@ -280,21 +285,20 @@ impl Service<Request<Body>> for Balance {
     }
 
     fn call(&mut self, request: Request<Body>) -> TryFuture {
-        Box::pin(try_once(
-            self.pool.clone(),
-            self.classifier.clone(),
-            self.per_try,
-            request,
-        ))
+        Box::pin(try_once(self.clone(), request))
     }
 }
 
 async fn try_once(
-    pool: Arc<UpstreamPool>,
-    classifier: Arc<Classifier>,
-    per_try: Option<Duration>,
+    balance: Balance,
     mut request: Request<Body>,
 ) -> Result<Response<Body>, StackError> {
+    let Balance {
+        pool,
+        classifier,
+        per_try,
+        report,
+    } = balance;
     let context = request.extensions_mut().remove::<TryContext>();
     let avoid = context.as_ref().and_then(TryContext::last_endpoint);
     let start = Instant::now();
@@ -328,6 +332,11 @@ async fn try_once(
         Err(error) => {
             // The client breaking its own body ends the try as its failure.
             let error = client.and_then(|fault| fault.get()).unwrap_or(error);
+            match error {
+                CallError::QueueFull => report.shed("upstream_queue_full"),
+                CallError::QueueTimeout => report.shed("upstream_queue_timeout"),
+                _ => {}
+            }
             pool.health.record(index, error.outcome(), end);
             Err(StackError::Upstream(error))
         }

@@ -23,8 +23,12 @@
 //! connects time out. So, like HAProxy's `maxconn` with its server queue
 //! and Envoy's `max_connections` with `max_pending_requests`, an endpoint
 //! has at most [`PoolLimits::max_connections`] connections (open, in use
-//! or being dialled) and dials at most [`PoolLimits::max_connecting`] at
-//! once. A request that finds neither an idle connection nor room to dial
+//! or being dialled) and at most [`PoolLimits::max_connecting`] new ones
+//! not yet proven: a connection counts as connecting until the service
+//! has answered its first request on it (or for [`PROVE_WITHIN`]), because
+//! the kernel completes the handshake long before a busy service accepts
+//! the connection — pacing dials by the handshake alone still overflows
+//! the accept queue. A request that finds neither an idle connection nor room to dial
 //! waits, first in first out, in a queue of [`PoolLimits::max_pending`]
 //! for at most [`PoolLimits::pending_timeout`]: a connection coming back
 //! is handed straight to the oldest waiter, and a connection closing lets
@@ -76,6 +80,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Most idle connections kept per endpoint; more are closed on return.
 pub const MAX_IDLE: usize = 512;
+
+/// Longest a new connection counts as connecting while its first request
+/// waits for an answer. A small service that accepts late answers within a
+/// few milliseconds of accepting; one still silent after this is doing
+/// slow work, and holding its dial slot longer would only serialise the
+/// ramp-up to a slow upstream.
+pub const PROVE_WITHIN: Duration = Duration::from_millis(50);
 
 /// An endpoint's connection limits (`upstreams[].connections`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +156,7 @@ struct Idle<B> {
 /// An open connection and its place in the pool's count.
 struct Pooled<B> {
     sender: SendRequest<B>,
-    _slot: Slot<B>,
+    slot: Slot<B>,
 }
 
 /// One unit of the pool's `open` count (and, while dialling, of
@@ -300,9 +311,28 @@ where
             if reused && conn.sender.ready().await.is_err() {
                 continue;
             }
-            match conn.sender.try_send_request(request).await {
+            let sent = {
+                let sending = conn.sender.try_send_request(request);
+                tokio::pin!(sending);
+                if conn.slot.connecting {
+                    // Unproven: a connection, until answered or for at most
+                    // PROVE_WITHIN (a slow answer is slow work, not a
+                    // service that has not accepted it).
+                    match tokio::time::timeout(PROVE_WITHIN, &mut sending).await {
+                        Ok(sent) => sent,
+                        Err(_) => {
+                            self.proven(&mut conn.slot);
+                            sending.await
+                        }
+                    }
+                } else {
+                    sending.await
+                }
+            };
+            match sent {
                 Ok(response) => {
                     self.progress.fetch_add(1, Ordering::Relaxed);
+                    self.proven(&mut conn.slot);
                     return Ok(self.lease(response, conn));
                 }
                 Err(mut error) => match error.take_message() {
@@ -437,7 +467,7 @@ where
     }
 
     /// Dials a new connection into `slot`.
-    async fn dial(self: &Arc<Self>, mut slot: Slot<B>) -> Result<Dialled<B>, CallError> {
+    async fn dial(self: &Arc<Self>, slot: Slot<B>) -> Result<Dialled<B>, CallError> {
         let progress = self.progress.load(Ordering::Relaxed);
         let stream = match self.connect.connect(&self.authority).await {
             Ok(stream) => stream,
@@ -465,16 +495,26 @@ where
             }
         });
         self.progress.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut state = self.lock();
-            state.connecting = state.connecting.saturating_sub(1);
-            slot.connecting = false;
-            self.grant_dials(&mut state);
+        Ok(Dialled::Open(Pooled { sender, slot }))
+    }
+
+    /// A new connection is proven — its first answer arrived, or it has
+    /// been waiting for one for [`PROVE_WITHIN`] — so it no longer counts
+    /// as connecting. Until then it does: the kernel completes a handshake
+    /// long before a busy service accepts the connection, and a pool that
+    /// dialled again at the handshake would overflow the service's accept
+    /// queue (and wait a second for every SYN dropped).
+    fn proven(&self, slot: &mut Slot<B>) {
+        if !slot.connecting {
+            return;
         }
-        Ok(Dialled::Open(Pooled {
-            sender,
-            _slot: slot,
-        }))
+        let Some(pool) = slot.pool.upgrade() else {
+            return;
+        };
+        let mut state = self.lock();
+        state.connecting = state.connecting.saturating_sub(1);
+        slot.connecting = false;
+        pool.grant_dials(&mut state);
     }
 
     /// Puts a connection whose last response has ended back: to the oldest
@@ -720,7 +760,11 @@ mod tests {
         for call in calls {
             assert_eq!(call.await.unwrap(), "ok");
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 2, "two connections served all ten");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "two connections served all ten"
+        );
         let stats = pool.stats();
         assert_eq!((stats.open, stats.idle, stats.pending), (2, 2, 0));
         assert!(stats.waited_total >= 8, "{stats:?}");
