@@ -45,6 +45,9 @@ pub struct Metrics {
     pub bulkhead_in_flight: IntGaugeVec,
     /// `breakwater_bulkhead_queued{route}`.
     pub bulkhead_queued: IntGaugeVec,
+    /// `breakwater_bulkhead_limit{route}`: the limit now (it moves when
+    /// adaptive).
+    pub bulkhead_limit: IntGaugeVec,
     /// `breakwater_shed_total{route,reason}`: requests refused by a policy.
     pub shed_total: IntCounterVec,
     /// `breakwater_retries_total{route}`.
@@ -201,6 +204,11 @@ impl Metrics {
             "Requests waiting for a bulkhead slot, by route.",
             &["route"],
         )?;
+        let bulkhead_limit = gauge(
+            "bulkhead_limit",
+            "The bulkhead's limit of requests in flight, by route (it moves when adaptive).",
+            &["route"],
+        )?;
         let shed_total = counter(
             "shed_total",
             "Requests refused by a policy, by route and reason (full, queue_timeout, breaker_open, rate_limited).",
@@ -265,6 +273,7 @@ impl Metrics {
             &["upstream", "endpoint"],
         )?;
         Ok(Metrics {
+            bulkhead_limit,
             upstream_connections,
             upstream_pending,
             panics_total,

@@ -160,6 +160,10 @@ pub struct SimArgs {
     /// Same as `--record false`.
     #[arg(long)]
     pub no_record: bool,
+    /// Serve at most N requests at once; the rest wait for a worker, so
+    /// latency grows with load like a service with a fixed worker pool.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
 }
 
 /// Why `breakwater sim` could not run.
@@ -298,6 +302,7 @@ pub(crate) struct Settings {
     pub(crate) hang: bool,
     pub(crate) fail_health: bool,
     pub(crate) record: bool,
+    pub(crate) workers: Option<usize>,
 }
 
 impl Settings {
@@ -311,6 +316,7 @@ impl Settings {
             hang: args.hang,
             fail_health: args.fail_health,
             record: args.record && !args.no_record,
+            workers: args.workers.map(|n| n.max(1)),
         }
     }
 }
@@ -345,12 +351,17 @@ pub(crate) struct SimState {
     last_request: Mutex<Option<LastRequest>>,
     leaked: Mutex<Vec<Box<[u8]>>>,
     leaked_mib: AtomicU64,
+    /// `--workers`: requests being worked on at once.
+    workers: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl SimState {
     pub(crate) fn new(name: String, startup: Settings) -> Result<Self, SimError> {
         let name_header =
             HeaderValue::from_str(&name).map_err(|_| SimError::InvalidName(name.clone()))?;
+        let workers = startup
+            .workers
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
         let state = SimState {
             name,
             name_header,
@@ -368,6 +379,7 @@ impl SimState {
             in_flight: AtomicU64::new(0),
             last_request: Mutex::new(None),
             leaked: Mutex::new(Vec::new()),
+            workers,
             leaked_mib: AtomicU64::new(0),
         };
         Ok(state)
@@ -601,6 +613,11 @@ async fn counted(state: &SimState, seq: u64, req: Request<Incoming>) -> Response
     let is_echo = matches!(*req.method(), Method::POST | Method::PUT)
         && req.uri().path().starts_with("/echo");
 
+    // A request waits for one of the workers, then works for `latency`.
+    let _worker = match &state.workers {
+        Some(workers) => workers.clone().acquire_owned().await.ok(),
+        None => None,
+    };
     let latency = state.latency_nanos.load(Relaxed);
     if latency > 0 {
         tokio::time::sleep(Duration::from_nanos(latency)).await;

@@ -419,6 +419,10 @@ fn refresh_gauges(state: &Admin) {
                 .bulkhead_queued
                 .with_label_values(&[&*route.name])
                 .set(bulkhead.queued() as i64);
+            metrics
+                .bulkhead_limit
+                .with_label_values(&[&*route.name])
+                .set(bulkhead.limit() as i64);
         }
     }
     let dropped = state.plane.events.webhook_dropped();
@@ -495,8 +499,14 @@ fn route_status(snapshot: &Snapshot, name: &str, now: Instant) -> Value {
         "bulkhead": route.bulkhead.as_ref().map(|bulkhead| json!({
             "in_flight": bulkhead.in_flight(),
             "queued": bulkhead.queued(),
+            "limit": bulkhead.limit(),
             "max_concurrent": bulkhead.max_concurrent(),
             "max_queue": bulkhead.max_queue(),
+            "adaptive": bulkhead.adaptive_limit().map(|adaptive| json!({
+                "min_concurrent": adaptive.config().min_limit,
+                "baseline_ms": adaptive.baseline().map(|baseline| (baseline.as_secs_f64() * 1e4).round() / 10.0),
+                "probing": adaptive.probing(),
+            })),
         })),
         "rate_limit": route.rate_limiter.as_ref().map(|limiter| json!({
             "rps": limiter.rps(),

@@ -231,8 +231,16 @@ section! {
         max_queue: usize = 1024,
         /// Longest wait in the queue before being shed.
         queue_timeout: Duration = Duration::from_secs(1),
+        /// Let the limit follow the upstream's latency, between
+        /// `min_concurrent` and `max_concurrent`: it settles near the
+        /// upstream's own concurrency, where latency stays within a
+        /// quarter of the unloaded latency measured every 30s.
+        adaptive: bool = false,
+        /// The least the adaptive limit goes to, and the concurrency it
+        /// measures the unloaded latency at (unused without `adaptive`).
+        #[check(at_least(1))]
+        min_concurrent: usize = 1,
     }
-    later: ["adaptive", "min_concurrent"],
     validate: check_bulkhead,
 }
 
@@ -247,6 +255,9 @@ fn check_bulkhead(bulkhead: &mut Bulkhead, keys: &Keys<'_>, cx: &mut Cx) {
             "max_queue",
             "a queue needs a limit: set bulkhead.max_concurrent too",
         );
+    }
+    if bulkhead.min_concurrent > bulkhead.max_concurrent {
+        keys.error(cx, "min_concurrent", "must not be above max_concurrent");
     }
     if bulkhead.max_queue > 0 && bulkhead.queue_timeout.is_zero() {
         keys.error(

@@ -21,13 +21,27 @@
 //! future is dropped (the client went away while queued) leaves `queued`
 //! correct.
 //!
-//! What it does not do: adapt the limit (`adaptive: true`, a later part),
-//! build the 503, or sleep on anything but tokio's clock.
+//! ## An adaptive limit
+//!
+//! With `adaptive: true` the limit moves ([`super::adaptive`] decides
+//! where): each permit of an adaptive bulkhead reports its request's
+//! latency when it completes, and the bulkhead applies the new limit to
+//! the same semaphore — growing adds permits; shrinking takes free permits
+//! away at once and, for the rest, swallows permits as requests in flight
+//! return them. So the queue, its fairness and its cancel safety are the
+//! same whatever the limit does.
+//!
+//! What it does not do: build the 503, or sleep on anything but tokio's
+//! clock.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::adaptive::{AdaptiveConfig, AdaptiveLimit};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -59,13 +73,32 @@ pub struct Bulkhead {
     /// Callers waiting now. Incremented before waiting and decremented by
     /// a drop guard, so a cancelled waiter is never counted forever.
     queued: AtomicUsize,
+    /// The moving limit, when `adaptive: true`.
+    adaptive: Option<Arc<Adaptive>>,
+}
+
+/// What an adaptive bulkhead shares with its permits.
+#[derive(Debug)]
+struct Adaptive {
+    limiter: AdaptiveLimit,
+    semaphore: Arc<Semaphore>,
+    /// The limit applied to the semaphore now.
+    limit: AtomicUsize,
+    /// Permits in use that go away, not back, when returned (the limit
+    /// dropped below what was in flight).
+    owed: AtomicUsize,
+    /// Serialises changes of `limit` and `owed`.
+    adjusting: Mutex<()>,
 }
 
 /// One slot in flight; dropping it frees the slot (exactly once).
 #[derive(Debug)]
 #[must_use = "the slot is freed as soon as the permit is dropped"]
 pub struct BulkheadPermit {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+    /// For an adaptive bulkhead: where the request's latency goes, the
+    /// epoch it was admitted in, and when.
+    adaptive: Option<(Arc<Adaptive>, u64, Instant)>,
 }
 
 /// Holds one place in the queue; leaving it (by any path) gives it back.
@@ -99,15 +132,68 @@ impl Bulkhead {
             max_queue,
             queue_timeout,
             queued: AtomicUsize::new(0),
+            adaptive: None,
+        }
+    }
+
+    /// A bulkhead whose limit adapts to the upstream's latency, between
+    /// `config.min_limit` and `config.max_limit`, with the same queue.
+    pub fn adaptive(
+        config: AdaptiveConfig,
+        max_queue: usize,
+        queue_timeout: Duration,
+        now: Instant,
+    ) -> Self {
+        let max = config.max_limit.min(Semaphore::MAX_PERMITS);
+        let limiter = AdaptiveLimit::new(config, now);
+        let limit = limiter.limit().min(max);
+        let semaphore = Arc::new(Semaphore::new(limit));
+        Bulkhead {
+            semaphore: semaphore.clone(),
+            max_concurrent: max,
+            max_queue,
+            queue_timeout,
+            queued: AtomicUsize::new(0),
+            adaptive: Some(Arc::new(Adaptive {
+                limiter,
+                semaphore,
+                limit: AtomicUsize::new(limit),
+                owed: AtomicUsize::new(0),
+                adjusting: Mutex::new(()),
+            })),
+        }
+    }
+
+    fn permit(&self, permit: OwnedSemaphorePermit) -> BulkheadPermit {
+        BulkheadPermit {
+            permit: Some(permit),
+            adaptive: self
+                .adaptive
+                .as_ref()
+                .map(|adaptive| (adaptive.clone(), adaptive.limiter.epoch(), Instant::now())),
         }
     }
 
     /// Takes a permit if one is free now; never waits.
     pub fn try_acquire(&self) -> Result<BulkheadPermit, Shed> {
         match Arc::clone(&self.semaphore).try_acquire_owned() {
-            Ok(permit) => Ok(BulkheadPermit { _permit: permit }),
+            Ok(permit) => Ok(self.permit(permit)),
             Err(_) => Err(Shed::Full),
         }
+    }
+
+    /// The limit now: `max_concurrent`, or where the adaptive limit is.
+    pub fn limit(&self) -> usize {
+        self.adaptive
+            .as_ref()
+            .map_or(self.max_concurrent, |adaptive| {
+                adaptive.limit.load(Ordering::Relaxed)
+            })
+    }
+
+    /// The adaptive limit, when the bulkhead has one.
+    pub fn adaptive_limit(&self) -> Option<&AdaptiveLimit> {
+        self.adaptive.as_ref().map(|adaptive| &adaptive.limiter)
     }
 
     /// Takes a permit, waiting in the FIFO queue for up to `queue_timeout`
@@ -131,7 +217,7 @@ impl Bulkhead {
         let _slot = self.enter_queue().ok_or(Shed::Full)?;
         let waiting = Arc::clone(&self.semaphore).acquire_owned();
         match tokio::time::timeout(self.queue_timeout, waiting).await {
-            Ok(Ok(permit)) => Ok(BulkheadPermit { _permit: permit }),
+            Ok(Ok(permit)) => Ok(self.permit(permit)),
             // The semaphore is never closed; treat it as full if it were.
             Ok(Err(_closed)) => Err(Shed::Full),
             Err(_elapsed) => Err(Shed::QueueTimeout),
@@ -141,8 +227,13 @@ impl Bulkhead {
     /// Permits taken now (including one just handed to a waiter that has
     /// not yet woken up).
     pub fn in_flight(&self) -> usize {
-        self.max_concurrent
-            .saturating_sub(self.semaphore.available_permits())
+        let issued = match &self.adaptive {
+            Some(adaptive) => {
+                adaptive.limit.load(Ordering::Relaxed) + adaptive.owed.load(Ordering::Relaxed)
+            }
+            None => self.max_concurrent,
+        };
+        issued.saturating_sub(self.semaphore.available_permits())
     }
 
     /// Callers waiting in the queue now.
@@ -150,7 +241,8 @@ impl Bulkhead {
         self.queued.load(Ordering::Acquire)
     }
 
-    /// The permit count.
+    /// The permit count (for an adaptive bulkhead, the most the limit
+    /// may reach).
     pub fn max_concurrent(&self) -> usize {
         self.max_concurrent
     }
@@ -174,6 +266,95 @@ impl Bulkhead {
         Some(QueueSlot {
             queued: &self.queued,
         })
+    }
+}
+
+// === impl Adaptive ===
+
+impl Adaptive {
+    /// Applies a new limit to the semaphore.
+    fn set_limit(&self, new: usize) {
+        let _one_at_a_time = self
+            .adjusting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let limit = self.limit.load(Ordering::Relaxed);
+        let owed = self.owed.load(Ordering::Relaxed);
+        if new > limit {
+            // Cancel what is owed first, then add the rest.
+            let grow = new - limit;
+            let cancelled = grow.min(owed);
+            self.owed.store(owed - cancelled, Ordering::Relaxed);
+            self.semaphore.add_permits(grow - cancelled);
+        } else if new < limit {
+            let shrink = limit - new;
+            let taken = self.semaphore.forget_permits(shrink);
+            self.owed.store(owed + (shrink - taken), Ordering::Relaxed);
+        }
+        self.limit.store(new, Ordering::Relaxed);
+    }
+
+    /// A permit coming back: swallowed if one is owed.
+    fn swallow(&self) -> bool {
+        if self.owed.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let _one_at_a_time = self
+            .adjusting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let owed = self.owed.load(Ordering::Relaxed);
+        if owed == 0 {
+            return false;
+        }
+        self.owed.store(owed - 1, Ordering::Relaxed);
+        true
+    }
+
+    /// Permits in use, for the limiter's notion of "in flight".
+    fn in_flight(&self) -> usize {
+        (self.limit.load(Ordering::Relaxed) + self.owed.load(Ordering::Relaxed))
+            .saturating_sub(self.semaphore.available_permits())
+    }
+}
+
+// === impl BulkheadPermit ===
+
+impl BulkheadPermit {
+    /// The request admitted by this permit answered after `latency` (to
+    /// its response headers): an adaptive bulkhead learns from it. A
+    /// request that ended otherwise (the client gone, a local refusal)
+    /// just drops its permit.
+    pub fn completed(&self, latency: Duration) {
+        if let Some((adaptive, epoch, _)) = &self.adaptive {
+            let in_flight = adaptive.in_flight();
+            if let Some(limit) = adaptive
+                .limiter
+                .record(latency, in_flight, *epoch, Instant::now())
+            {
+                adaptive.set_limit(limit);
+            }
+        }
+    }
+}
+
+impl BulkheadPermit {
+    /// The request admitted by this permit timed out: its latency, as far
+    /// as the limit is concerned, is the time since it was admitted.
+    pub fn timed_out(&self) {
+        if let Some((_, _, admitted)) = &self.adaptive {
+            self.completed(admitted.elapsed());
+        }
+    }
+}
+
+impl Drop for BulkheadPermit {
+    fn drop(&mut self) {
+        if let (Some(permit), Some((adaptive, ..))) = (self.permit.take(), &self.adaptive) {
+            if adaptive.swallow() {
+                permit.forget();
+            }
+        }
     }
 }
 

@@ -38,6 +38,7 @@
 //! probe count, a backoff factor below 1) so that a policy can never wedge
 //! itself, and say so in their docs.
 
+pub mod adaptive;
 pub mod backoff;
 pub mod breaker;
 pub mod bulkhead;

@@ -264,8 +264,15 @@ impl Body {
         if let Some(completion) = tail.completion.take() {
             (completion.on_end)(&end);
         }
-        // The permit goes last: the slot frees once everything is counted.
-        drop(tail.permit.take());
+        // The permit goes last: the slot frees once everything is counted,
+        // and an adaptive limit learns from an upstream that answered.
+        if let Some(permit) = tail.permit.take() {
+            if let (Outcome::Success | Outcome::Slow, Some(latency)) =
+                (end.outcome, end.upstream_elapsed)
+            {
+                permit.completed(latency);
+            }
+        }
     }
 }
 

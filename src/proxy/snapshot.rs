@@ -42,6 +42,7 @@ use crate::config::policy::{BreakerWindow, CircuitBreaker};
 use crate::config::{Config, Limits, Route};
 use crate::events::EventBus;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::policy::adaptive::AdaptiveConfig;
 use crate::policy::backoff::Backoff;
 use crate::policy::breaker::{Breaker, BreakerConfig};
 use crate::policy::bulkhead::Bulkhead;
@@ -281,11 +282,20 @@ impl RoutePlan {
             old.filter(|old| old.config.bulkhead == route.bulkhead)
                 .and_then(|old| old.bulkhead.clone())
                 .unwrap_or_else(|| {
-                    Arc::new(Bulkhead::new(
-                        settings.max_concurrent,
-                        settings.max_queue,
-                        settings.queue_timeout,
-                    ))
+                    Arc::new(if settings.adaptive {
+                        Bulkhead::adaptive(
+                            AdaptiveConfig::new(settings.min_concurrent, settings.max_concurrent),
+                            settings.max_queue,
+                            settings.queue_timeout,
+                            now,
+                        )
+                    } else {
+                        Bulkhead::new(
+                            settings.max_concurrent,
+                            settings.max_queue,
+                            settings.queue_timeout,
+                        )
+                    })
                 })
         });
         let rate_limiter = route.rate_limit.as_ref().map(|settings| {

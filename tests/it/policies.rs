@@ -692,3 +692,94 @@ async fn a_clients_broken_body_never_counts_against_the_upstream() {
     assert_eq!(count("client_error", "400"), 4.0, "{metrics}");
     assert_eq!(count("reset", "502"), 0.0, "{metrics}");
 }
+
+/// p99 of the upstream's time to response headers on `route`, from the
+/// histogram's buckets (the upper bound of the bucket holding it).
+fn upstream_p99(metrics: &str, route: &str) -> f64 {
+    let prefix = format!("breakwater_upstream_duration_seconds_bucket{{route=\"{route}\",le=\"");
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |(_, count)| *count);
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= total * 0.99)
+        .map_or(f64::INFINITY, |(le, _)| *le)
+}
+
+/// 64 callers for `seconds` against an upstream of 8 workers (20 ms
+/// each): with a fixed high limit everything waits in the upstream's own
+/// queue; an adaptive limit keeps the queue in front of the bulkhead and
+/// settles near the upstream's 8 workers.
+async fn load_a_worker_pool(route_extra: &str, seconds: u64) -> (Proxy, crate::support::Sim) {
+    let upstream = sim("pool")
+        .arg("--workers")
+        .arg("8")
+        .arg("--latency")
+        .arg("20ms")
+        .arg("--no-record")
+        .run()
+        .await;
+    let proxy = proxy(&one_route(&[&upstream.address], route_extra, ""))
+        .run()
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let callers: Vec<_> = (0..64)
+        .map(|_| {
+            let url = proxy.url("/");
+            tokio::spawn(async move {
+                let client = client();
+                while Instant::now() < deadline {
+                    let response = client.get(&url).send().await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    let _ = response.bytes().await;
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    (proxy, upstream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_limit_settles_near_the_upstreams_workers() {
+    let adaptive = "        circuit_breaker: false\n        timeouts: {request: 30s}\n        bulkhead: {adaptive: true, max_concurrent: 256, max_queue: 1024, queue_timeout: 30s}";
+    let (proxy, _upstream) = load_a_worker_pool(adaptive, 6).await;
+    let status = proxy.status_json().await;
+    let bulkhead = &status["listeners"][0]["routes"][0]["bulkhead"];
+    let limit = bulkhead["limit"].as_u64().unwrap();
+    assert!(
+        (8..=24).contains(&limit),
+        "the limit settles near the upstream's 8 workers: {bulkhead}"
+    );
+    let baseline = bulkhead["adaptive"]["baseline_ms"].as_f64().unwrap();
+    assert!(
+        baseline >= 20.0,
+        "the baseline is the unloaded latency: {bulkhead}"
+    );
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, r#"breakwater_bulkhead_limit{route="main"}"#),
+        Some(limit as f64)
+    );
+    let adaptive_p99 = upstream_p99(&metrics, "main");
+
+    let fixed = "        circuit_breaker: false\n        timeouts: {request: 30s}\n        bulkhead: {max_concurrent: 256, max_queue: 1024, queue_timeout: 30s}";
+    let (proxy, _upstream) = load_a_worker_pool(fixed, 4).await;
+    let fixed_p99 = upstream_p99(&proxy.metrics().await, "main");
+    eprintln!(
+        "8 workers × 20 ms, 64 callers: adaptive limit {limit} (baseline {baseline} ms), upstream p99 ≤ {adaptive_p99}s; fixed limit 256: upstream p99 ≤ {fixed_p99}s"
+    );
+}

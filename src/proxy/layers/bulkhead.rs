@@ -14,6 +14,7 @@ use tower::{Layer, Service};
 
 use crate::policy::bulkhead::{Bulkhead, BulkheadPermit, Shed};
 use crate::proxy::body::Body;
+use crate::proxy::outcome::CallError;
 use crate::proxy::reject::{Rejection, StackError};
 use crate::proxy::report::RouteReport;
 
@@ -77,13 +78,24 @@ where
         match self.project() {
             BulkheadProject::Direct { call, permit } => {
                 let mut result = std::task::ready!(call.poll(cx));
-                if let (Ok(response), Some(permit)) = (&mut result, permit.take()) {
-                    response.body_mut().hold_permit(permit);
+                if let Some(permit) = permit.take() {
+                    settle(&mut result, permit);
                 }
                 Poll::Ready(result)
             }
             BulkheadProject::Boxed { future } => future.as_mut().poll(cx),
         }
+    }
+}
+
+/// Moves the permit into the response body (freed when the response
+/// ends), or frees it now; a timeout tells an adaptive limit how long the
+/// upstream kept the request.
+fn settle(result: &mut Result<Response<Body>, StackError>, permit: BulkheadPermit) {
+    match result {
+        Ok(response) => response.body_mut().hold_permit(permit),
+        Err(StackError::Upstream(CallError::Timeout)) => permit.timed_out(),
+        Err(_) => {}
     }
 }
 
@@ -132,9 +144,9 @@ where
         let future = Box::pin(async move {
             match waiting.await {
                 Ok(permit) => {
-                    let mut response = inner.call(request).await?;
-                    response.body_mut().hold_permit(permit);
-                    Ok(response)
+                    let mut result = inner.call(request).await;
+                    settle(&mut result, permit);
+                    result
                 }
                 Err(shed) => {
                     report.shed(shed.as_str());
