@@ -48,6 +48,11 @@ pub struct Metrics {
     /// `breakwater_bulkhead_limit{route}`: the limit now (it moves when
     /// adaptive).
     pub bulkhead_limit: IntGaugeVec,
+    /// `breakwater_degraded_total{route,kind}`: replies that were not the
+    /// upstream's live answer (`fallback`, `stale`, `level`).
+    pub degraded_total: IntCounterVec,
+    /// `breakwater_degradation_level`: 0 normal … 4 emergency.
+    pub degradation_level: IntGauge,
     /// `breakwater_shed_total{route,reason}`: requests refused by a policy.
     pub shed_total: IntCounterVec,
     /// `breakwater_retries_total{route}`.
@@ -209,6 +214,19 @@ impl Metrics {
             "The bulkhead's limit of requests in flight, by route (it moves when adaptive).",
             &["route"],
         )?;
+        let degraded_total = counter(
+            "degraded_total",
+            "Replies that were not the upstream's live answer, by route and kind (fallback, stale, level).",
+            &["route", "kind"],
+        )?;
+        let degradation_level = IntGauge::with_opts(
+            Opts::new(
+                "degradation_level",
+                "Degradation level: 0 normal, 1 minimal, 2 moderate, 3 severe, 4 emergency.",
+            )
+            .namespace("breakwater"),
+        )?;
+        registry.register(Box::new(degradation_level.clone()))?;
         let shed_total = counter(
             "shed_total",
             "Requests refused by a policy, by route and reason (full, queue_timeout, breaker_open, rate_limited).",
@@ -274,6 +292,8 @@ impl Metrics {
         )?;
         Ok(Metrics {
             bulkhead_limit,
+            degraded_total,
+            degradation_level,
             upstream_connections,
             upstream_pending,
             panics_total,

@@ -106,6 +106,7 @@ pub async fn start(
         .collect();
     reloader.spawn_triggers().map_err(RunError::Signal)?;
     crate::sampler::spawn(plane.clone());
+    crate::sampler::spawn_degradation(plane.clone());
     let config = plane.snapshot().config.clone();
     supervisors.start(&plane, &config);
     for listener in &config.listeners {

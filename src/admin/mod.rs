@@ -17,6 +17,8 @@
 //! | POST `/upstreams/{name}/failover`  | send the upstream's traffic to its backups        |
 //! | POST `/upstreams/{name}/failback`  | back to the primaries                             |
 //! | POST `/upstreams/{name}/restart`   | restart the supervised process now                |
+//! | PUT `/degradation`                 | `{"level": "moderate"}` sets the degradation      |
+//! |                                    | level; `{"level": "auto"}` hands control back     |
 //!
 //! Every answer is JSON except `/metrics`. Mutating paths take POST only (a
 //! GET is 405 and changes nothing), need `authorization: Bearer <token>`
@@ -43,6 +45,7 @@ use tokio::time::Instant;
 
 use crate::events::Severity;
 use crate::policy::breaker::Force;
+use crate::policy::degradation::Level as DegradationLevel;
 use crate::proxy::body::{Body, BoxError};
 use crate::proxy::gate::Readiness;
 use crate::proxy::snapshot::Snapshot;
@@ -151,6 +154,7 @@ async fn respond(state: Arc<Admin>, request: Request<Incoming>) -> Response<Body
             (Access::Read, Method::GET)
         }
         "/config/reload" | "/breakers/reset" => (Access::Mutate, Method::POST),
+        "/degradation" => (Access::Mutate, Method::PUT),
         _ if breaker_action(&path).is_some() || upstream_action(&path).is_some() => {
             (Access::Mutate, Method::POST)
         }
@@ -218,6 +222,7 @@ async fn respond(state: Arc<Admin>, request: Request<Incoming>) -> Response<Body
                 }),
             ),
         },
+        "/degradation" => set_degradation(&state, request).await,
         "/breakers/reset" => {
             let snapshot = state.plane.snapshot();
             let mut reset = Vec::new();
@@ -238,6 +243,79 @@ async fn respond(state: Arc<Admin>, request: Request<Incoming>) -> Response<Body
         },
     };
     response
+}
+
+/// Largest request body an admin call reads.
+const MAX_ADMIN_BODY: usize = 16 * 1024;
+
+/// `PUT /degradation {"level": "normal" | … | "emergency" | "auto"}`.
+async fn set_degradation(state: &Admin, request: Request<Incoming>) -> Response<Body> {
+    let body = match http_body_util::Limited::new(request.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "the body could not be read (at most 16KiB)"}),
+            )
+        }
+    };
+    let word = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|value| value.get("level")?.as_str().map(str::to_owned));
+    let words = "normal, minimal, moderate, severe, emergency or auto";
+    let Some(word) = word else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": format!("expected {{\"level\": …}} with one of {words}")}),
+        );
+    };
+    let level = match word.as_str() {
+        "auto" => None,
+        other => match DegradationLevel::from_word(other) {
+            Some(level) => Some(level),
+            None => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": format!("unknown level {other:?}; expected one of {words}")}),
+                )
+            }
+        },
+    };
+    let degradation = &state.plane.degradation;
+    let before = degradation.level();
+    degradation.set_operator(level);
+    let (source, now) = degradation.source_and_level();
+    state.plane.metrics.degradation_level.set(now as i64);
+    if now != before || level.is_none() {
+        state.plane.events.emit(
+            "degradation",
+            now.as_str(),
+            if now > before {
+                Severity::Warning
+            } else {
+                Severity::Info
+            },
+            &match level {
+                Some(_) => format!(
+                    "level {} -> {} by an operator",
+                    before.as_str(),
+                    now.as_str()
+                ),
+                None => format!(
+                    "an operator handed control back ({source}); level {} -> {}",
+                    before.as_str(),
+                    now.as_str()
+                ),
+            },
+        );
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"result": "ok", "level": now.as_str(), "source": source}),
+    )
 }
 
 /// The token and cross-site rules for mutating calls; `Some` is the refusal.
@@ -508,6 +586,13 @@ fn route_status(snapshot: &Snapshot, name: &str, now: Instant) -> Value {
                 "probing": adaptive.probing(),
             })),
         })),
+        "priority": config.priority,
+        "degraded": route.report.n_degraded(),
+        "fallback": config.fallback.is_some(),
+        "stale": route.stale.as_ref().map(|store| {
+            let (entries, bytes) = store.usage();
+            json!({"entries": entries, "bytes": bytes})
+        }),
         "rate_limit": route.rate_limiter.as_ref().map(|limiter| json!({
             "rps": limiter.rps(),
             "burst": limiter.burst(),
@@ -568,12 +653,19 @@ fn status(state: &Admin) -> Value {
             })
         })
         .collect();
+    let (source, level) = state.plane.degradation.source_and_level();
+    let degradation = json!({
+        "level": level.as_str(),
+        "source": source,
+        "auto_level": state.plane.degradation.auto_level().as_str(),
+    });
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "config_version": snapshot.version,
         "uptime_seconds": state.plane.started.elapsed().as_secs_f64(),
         "draining": state.plane.is_draining(),
         "in_flight": state.plane.requests_in_flight(),
+        "degradation": degradation,
         "listeners": listeners,
         "upstreams": upstreams,
         "supervisor": state.supervisors.get().map(|supervisor| supervisor.status()),

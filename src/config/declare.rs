@@ -392,6 +392,10 @@ macro_rules! words {
         }
 
         impl $name {
+            /// Every value, in declaration order.
+            #[allow(dead_code)]
+            pub const ALL: &'static [$name] = &[$( $name::$variant ),+];
+
             /// The word config uses, also the label in metrics and events.
             pub fn as_str(self) -> &'static str {
                 match self {

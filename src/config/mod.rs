@@ -21,6 +21,7 @@
 mod declare;
 mod checks;
 mod decode;
+pub mod degrade;
 mod model;
 pub mod policy;
 pub(crate) mod reference;
@@ -33,6 +34,9 @@ use std::path::Path;
 
 pub use declare::{KeyDoc, SectionDoc};
 pub use decode::{ByteSize, ConfigIssue, ConfigValue, Cx};
+pub use degrade::{
+    Degradation, DegradationSetting, Fallback, FallbackWhen, Priority, StaleIfError,
+};
 pub use model::*;
 pub use policy::{
     Backoff, BreakerWindow, Bulkhead, CircuitBreaker, HealthCheck, OutlierDetection, Probe,

@@ -18,6 +18,7 @@ use super::checks::{
 };
 use super::declare::child;
 use super::decode::{ByteSize, ConfigValue, Cx, Keys};
+use super::degrade::{Degradation, Fallback, Priority, StaleIfError};
 use super::policy::{
     Bulkhead, CircuitBreaker, HealthCheck, OutlierDetection, RateLimit, Retry, Toggle,
 };
@@ -51,8 +52,10 @@ section! {
         overload: Overload = Overload::default(),
         /// Where events are sent.
         alerts: Alerts = Alerts::default(),
+        /// When breakwater sheds routes by priority.
+        degradation: Degradation = Degradation::default(),
     }
-    later: ["degradation", "config_rollback"],
+    later: ["config_rollback"],
     validate: inherit_limits,
 }
 
@@ -307,8 +310,16 @@ section! {
         bulkhead: Toggle<Bulkhead> = Toggle::On(Bulkhead::default()),
         /// Retries (by default one attempt, i.e. none).
         retry: Retry = Retry::default(),
+        /// Which routes give way first when breakwater degrades.
+        priority: Priority = Priority::Normal,
+        /// A canned reply for when the upstream cannot answer; none unless
+        /// set.
+        fallback: Option<Fallback> = None,
+        /// Serve the last good answer to a GET/HEAD when the upstream
+        /// fails; off unless set.
+        stale_if_error: Option<StaleIfError> = None,
     }
-    later: ["priority", "fallback", "stale_if_error", "fault", "hedge", "hold"],
+    later: ["fault", "hedge", "hold"],
 }
 
 section! {
@@ -367,7 +378,7 @@ fn http_methods() -> Check<Vec<String>> {
 }
 
 /// Header names and values HTTP accepts.
-fn header_fields() -> Check<Vec<(String, String)>> {
+pub(crate) fn header_fields() -> Check<Vec<(String, String)>> {
     Check::each(
         "valid header names and values",
         serde_json::json!({"propertyNames": {"pattern": "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"}}),

@@ -118,12 +118,12 @@ upstreams:
 fn unknown_and_later_keys_are_errors() {
     let text = MINIMAL.replace(
         "        upstream: app\n",
-        "        upstream: app\n        fallback: {status: 503}\n        colour: red\n",
+        "        upstream: app\n        hedge: {max: 1}\n        colour: red\n",
     );
     let error = load(&text).unwrap_err();
     let messages = error.to_string();
     assert!(
-        messages.contains("fallback: is in the breakwater spec but not supported"),
+        messages.contains("hedge: is in the breakwater spec but not supported"),
         "{messages}"
     );
     assert!(
@@ -738,7 +738,7 @@ fn schema_rejects_what_the_loader_rejects() {
             "a key of a later part",
             MINIMAL.replace(
                 "        upstream: app\n",
-                "        upstream: app\n        fallback: {status: 503}\n",
+                "        upstream: app\n        hedge: {max: 1}\n",
             ),
         ),
         (

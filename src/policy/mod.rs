@@ -42,6 +42,7 @@ pub mod adaptive;
 pub mod backoff;
 pub mod breaker;
 pub mod bulkhead;
+pub mod degradation;
 pub mod health;
 pub mod outlier;
 pub mod overload;

@@ -13,7 +13,9 @@
 //! - the breaker's ticket ([`BreakerRecord`]), recorded with the outcome;
 //! - the try's endpoint ([`TryRecord`]): outlier detection and the
 //!   supervisor's try counts;
-//! - the access log and request metrics ([`Completion`]).
+//! - the access log and request metrics ([`Completion`]);
+//! - a copy of the body for the stale-if-error store ([`Capture`]), kept
+//!   only if the body ends whole.
 //!
 //! They are typed fields of one boxed `Tail`, attached by the layers
 //! that own them, so a request costs one allocation for all of them (plus
@@ -36,6 +38,7 @@ use hyper::body::Incoming;
 
 use super::outcome::{caused_by, CallError, End, EndReason, Outcome};
 use super::report::BreakerRecord;
+use super::stale::Capture;
 use super::upstream::http1::Lease;
 use super::upstream::passive::TryRecord;
 use crate::policy::bulkhead::BulkheadPermit;
@@ -79,6 +82,7 @@ struct Tail {
     breaker: Option<BreakerRecord>,
     endpoint: Option<TryRecord>,
     completion: Option<Completion>,
+    capture: Option<Capture>,
 }
 
 /// Runs once when a response ends: the access log and request metrics.
@@ -193,6 +197,7 @@ impl Body {
                 breaker: None,
                 endpoint: None,
                 completion: None,
+                capture: None,
             })
         })
     }
@@ -238,6 +243,11 @@ impl Body {
         self.tail().completion = Some(completion);
     }
 
+    /// Copies the body into `capture` as it streams, kept if it ends whole.
+    pub fn capture_into(&mut self, capture: Capture) {
+        self.tail().capture = Some(capture);
+    }
+
     /// Fires the tail's hooks once, with how the body ended.
     fn finish(&mut self, reason: EndReason) {
         let Some(mut tail) = self.tail.take() else {
@@ -263,6 +273,11 @@ impl Body {
         }
         if let Some(completion) = tail.completion.take() {
             (completion.on_end)(&end);
+        }
+        if let (Some(capture), EndReason::Complete, Outcome::Success | Outcome::Slow) =
+            (tail.capture.take(), reason, outcome)
+        {
+            capture.keep(tokio::time::Instant::now());
         }
         // The permit goes last: the slot frees once everything is counted,
         // and an adaptive limit learns from an upstream that answered.
@@ -318,6 +333,11 @@ impl http_body::Body for Body {
                 polled
             }
         };
+        if let (Poll::Ready(Some(Ok(frame))), Some(tail)) = (&polled, this.tail.as_mut()) {
+            if let (Some(capture), Some(data)) = (tail.capture.as_mut(), frame.data_ref()) {
+                capture.push(data);
+            }
+        }
         match &polled {
             Poll::Ready(None) => this.finish(EndReason::Complete),
             Poll::Ready(Some(Err(_))) => this.finish(EndReason::Error),

@@ -33,6 +33,7 @@ pub mod report;
 pub mod route;
 pub mod service;
 pub mod snapshot;
+pub mod stale;
 pub mod upstream;
 
 pub use listener::{serve_listener, ListenerHandle};

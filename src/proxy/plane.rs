@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::gate::Gates;
-use super::layers::admission::OverloadFlag;
+use super::layers::admission::{DegradationState, OverloadFlag};
 use super::snapshot::{Snapshot, SnapshotError, Wiring};
 use crate::config::Config;
 use crate::events::EventBus;
@@ -33,6 +33,11 @@ pub struct DataPlane {
     pub gates: Gates,
     /// The overload ladder's level, set by the sampler.
     pub overload: Arc<OverloadFlag>,
+    /// The degradation level: an operator's, the config's, or automatic.
+    pub degradation: Arc<DegradationState>,
+    /// Requests shed by breakwater's own limits (bulkhead, connection
+    /// queue, overload), since launch: a signal of the automatic level.
+    pub sheds: Arc<AtomicU64>,
     /// Requests being served now, all listeners.
     pub in_flight: AtomicUsize,
     /// Requests started since launch, all listeners (for heap trimming).
@@ -54,6 +59,9 @@ impl DataPlane {
     ) -> Result<Arc<DataPlane>, SnapshotError> {
         let gates = Gates::default();
         let overload = Arc::new(OverloadFlag::default());
+        let degradation = Arc::new(DegradationState::default());
+        degradation.set_configured(config.degradation.level.level());
+        let sheds = Arc::new(AtomicU64::new(0));
         let snapshot = Snapshot::build(
             config,
             1,
@@ -63,6 +71,8 @@ impl DataPlane {
                 events: &events,
                 gates: &gates,
                 overload: &overload,
+                degradation: &degradation,
+                sheds: &sheds,
             },
         )?;
         let (shutdown, _) = watch::channel(false);
@@ -72,6 +82,8 @@ impl DataPlane {
             events,
             gates,
             overload,
+            degradation,
+            sheds,
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             started: Instant::now(),
@@ -97,12 +109,17 @@ impl DataPlane {
                 events: &self.events,
                 gates: &self.gates,
                 overload: &self.overload,
+                degradation: &self.degradation,
+                sheds: &self.sheds,
             },
         )
     }
 
-    /// Publishes a new snapshot atomically.
+    /// Publishes a new snapshot atomically (and the config's degradation
+    /// setting with it).
     pub fn publish(&self, snapshot: Snapshot) {
+        self.degradation
+            .set_configured(snapshot.config.degradation.level.level());
         self.snapshot.store(Arc::new(snapshot));
     }
 

@@ -52,6 +52,8 @@ pub enum Rejection {
     Timeout,
     /// breakwater's own memory is past the shed watermark. 503.
     Overload,
+    /// The degradation level sheds the route's priority. 503.
+    Degraded,
     /// The supervised process is starting or restarting. 503.
     Starting,
     /// The supervisor gave up on the process; an operator must act. 503.
@@ -147,6 +149,7 @@ impl Rejection {
             Rejection::UpstreamReset => (StatusCode::BAD_GATEWAY, "upstream-reset"),
             Rejection::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Rejection::Overload => (StatusCode::SERVICE_UNAVAILABLE, "overload"),
+            Rejection::Degraded => (StatusCode::SERVICE_UNAVAILABLE, "degraded"),
             Rejection::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
             Rejection::NeedsIntervention => (StatusCode::SERVICE_UNAVAILABLE, "needs-intervention"),
             Rejection::BadRequestBody => (StatusCode::BAD_REQUEST, "bad-request-body"),

@@ -9,6 +9,7 @@
 //! as long — or the layer records it at once when the call failed without
 //! a response.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus::{IntCounter, IntCounterVec};
@@ -34,6 +35,10 @@ pub struct RouteReport {
     pub retries: IntCounter,
     /// `breakwater_retry_budget_exhausted_total`.
     pub budget_exhausted: IntCounter,
+    /// `breakwater_degraded_total{route,kind}`.
+    degraded_total: IntCounterVec,
+    /// Degraded replies so far, for the route's degrading events.
+    n_degraded: AtomicU64,
 }
 
 // === impl RouteReport ===
@@ -48,7 +53,23 @@ impl RouteReport {
             events,
             retries: metrics.retries_total.with_label_values(&[route]),
             budget_exhausted: metrics.retry_budget_exhausted.clone(),
+            degraded_total: metrics.degraded_total.clone(),
+            n_degraded: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a reply that was not the upstream's live answer, by `kind`
+    /// (`fallback`, `stale`, `level`).
+    pub fn degraded(&self, kind: &str) {
+        self.degraded_total
+            .with_label_values(&[&*self.route, kind])
+            .inc();
+        self.n_degraded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Degraded replies so far.
+    pub fn n_degraded(&self) -> u64 {
+        self.n_degraded.load(Ordering::Relaxed)
     }
 
     /// Counts and announces a breaker transition.

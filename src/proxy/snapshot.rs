@@ -26,16 +26,18 @@ use tower::ServiceBuilder;
 
 use super::gate::Gates;
 use super::layers::admission::{
-    OverloadFlag, OverloadGate, OverloadLayer, ReadinessGate, ReadinessLayer,
+    DegradationGate, DegradationLayer, DegradationState, OverloadFlag, OverloadGate, OverloadLayer,
+    ReadinessGate, ReadinessLayer,
 };
 use super::layers::breaker::{BreakerLayer, BreakerService};
 use super::layers::bulkhead::{BulkheadLayer, BulkheadService};
 use super::layers::rate_limit::{RateLimit, RateLimitLayer};
-use super::layers::rescue::{Rescue, RescueLayer};
+use super::layers::rescue::{Rescue, RescueLayer, RouteRescue};
 use super::layers::timeout::{RequestTimeout, TimeoutLayer};
 use super::outcome::Classifier;
 use super::report::RouteReport;
 use super::route::Matcher;
+use super::stale::StaleStore;
 use super::upstream::balance::{Balance, UpstreamPool};
 use super::upstream::retry::{Retry, RetryLayer, RetryPlan};
 use crate::config::policy::{BreakerWindow, CircuitBreaker};
@@ -51,11 +53,16 @@ use crate::policy::retry_budget::RetryBudget;
 use crate::policy::window::WindowConfig;
 
 /// The stack every route runs, outermost first, in SPEC §3 order:
-/// rescue (breakwater's own replies) → overload → readiness → rate limit
-/// → circuit breaker → bulkhead → request timeout → retries → one try.
+/// rescue (stale copy, fallback or breakwater's own reply) → overload →
+/// readiness → rate limit → degradation → circuit breaker → bulkhead →
+/// request timeout → retries → one try.
 pub type RouteStack = Rescue<
     OverloadGate<
-        ReadinessGate<RateLimit<BreakerService<BulkheadService<RequestTimeout<Retry<Balance>>>>>>,
+        ReadinessGate<
+            RateLimit<
+                DegradationGate<BreakerService<BulkheadService<RequestTimeout<Retry<Balance>>>>>,
+            >,
+        >,
     >,
 >;
 
@@ -73,6 +80,10 @@ pub struct Wiring<'a> {
     pub gates: &'a Gates,
     /// The overload ladder's level.
     pub overload: &'a Arc<OverloadFlag>,
+    /// The degradation level.
+    pub degradation: &'a Arc<DegradationState>,
+    /// Requests shed by breakwater's own limits, process-wide.
+    pub sheds: &'a Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Why a snapshot could not be built: each problem as a sentence.
@@ -135,6 +146,8 @@ pub struct RoutePlan {
     pub bulkhead: Option<Arc<Bulkhead>>,
     /// The token bucket, when `rate_limit` is set.
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// The stale-if-error store, when `stale_if_error` is set.
+    pub stale: Option<Arc<StaleStore>>,
     retry_budget: Option<Arc<RetryBudget>>,
 }
 
@@ -336,20 +349,40 @@ impl RoutePlan {
             failure_statuses: breaker_settings.failure_statuses.clone(),
             slow_call_duration: breaker_settings.slow_call_duration,
         });
+        let stale = route.stale_if_error.as_ref().map(|settings| {
+            old.filter(|old| old.config.stale_if_error == route.stale_if_error)
+                .and_then(|old| old.stale.clone())
+                .unwrap_or_else(|| Arc::new(StaleStore::new(settings)))
+        });
         let report = Arc::new(RouteReport::new(
             wiring.metrics,
             &route.name,
             wiring.events.clone(),
         ));
+        let rescue = Arc::new(RouteRescue {
+            fallback: route.fallback.clone(),
+            stale: stale.clone(),
+            report: report.clone(),
+            sheds: wiring.sheds.clone(),
+        });
         let stack = ServiceBuilder::new()
-            .layer(RescueLayer)
+            .layer(RescueLayer::new(rescue))
             .layer(OverloadLayer::new(wiring.overload.clone()))
             .layer(ReadinessLayer::new(upstream.clone()))
             .layer(RateLimitLayer::new(rate_limiter.clone(), report.clone()))
+            .layer(DegradationLayer::new(
+                wiring.degradation.clone(),
+                route.priority,
+            ))
             .layer(BreakerLayer::new(breaker.clone(), report.clone()))
             .layer(BulkheadLayer::new(bulkhead.clone(), report.clone()))
             .layer(TimeoutLayer::new(route.timeouts.request))
-            .layer(RetryLayer::new(retry_plan, report.clone()))
+            .layer(RetryLayer::new(
+                retry_plan,
+                report.clone(),
+                wiring.degradation.clone(),
+                route.priority,
+            ))
             .service(Balance::new(
                 upstream.clone(),
                 classifier,
@@ -366,6 +399,7 @@ impl RoutePlan {
             breaker,
             bulkhead,
             rate_limiter,
+            stale,
             retry_budget,
         })
     }
@@ -397,11 +431,15 @@ upstreams:
         let events = EventBus::new(8, metrics.events_total.clone(), Vec::new());
         let gates = Gates::default();
         let overload = Arc::new(OverloadFlag::default());
+        let degradation = Arc::new(DegradationState::default());
+        let sheds = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let wiring = Wiring {
             metrics: &metrics,
             events: &events,
             gates: &gates,
             overload: &overload,
+            degradation: &degradation,
+            sheds: &sheds,
         };
         Snapshot::build(config, 1, None, &wiring)
     }

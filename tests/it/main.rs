@@ -8,6 +8,7 @@
 mod admin;
 mod capacity;
 mod cli;
+mod degradation;
 mod events;
 mod hardening;
 mod lifecycle;

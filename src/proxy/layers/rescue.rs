@@ -1,41 +1,91 @@
 //! The rescue step at the top of every route stack: whatever failed below
-//! — a policy's refusal, an upstream that could not answer — becomes
-//! breakwater's own reply here, built by `reject::reply` with the
-//! request's [`ReplyCx`]. The reply carries its outcome in its body
-//! (`rejected`, or the failed call's class), so the access log and metrics
-//! read it like any other response's.
+//! — a policy's refusal, an upstream that could not answer, or one that
+//! answered with a failure status — becomes the best reply the route can
+//! still give (SPEC §4), decided here and nowhere else:
 //!
-//! Fallback responses and stale copies (SPEC §4) will be chosen here: this
-//! is the one place that knows both the request and why it failed.
+//! 1. the last good answer to the same GET/HEAD, when the route keeps
+//!    them (`stale_if_error`), with `age` and `x-breakwater-degraded: stale`;
+//! 2. the route's `fallback`, if it answers for what went wrong, with
+//!    `x-breakwater-degraded: fallback`;
+//! 3. breakwater's own reply for the refusal (`reject::reply`).
+//!
+//! Each carries `x-breakwater-reason` and its outcome in its body, so the
+//! access log and metrics count it like any response. The same layer hands
+//! a good GET answer's body a [`Capture`](crate::proxy::stale::Capture) for
+//! the store. A request's context is taken before it goes down the stack.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use http::{Request, Response};
+use http::header::{HeaderName, HeaderValue, AGE, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use crate::config::{Fallback, FallbackWhen};
 use crate::proxy::body::Body;
-use crate::proxy::outcome::Outcome;
-use crate::proxy::reject::{self, ReplyCx, StackError};
+use crate::proxy::outcome::{CallError, Outcome};
+use crate::proxy::reject::{self, Rejection, ReplyCx, StackError, REASON_HEADER};
+use crate::proxy::report::RouteReport;
+use crate::proxy::stale::{self, StaleEntry, StaleKey, StaleStore};
 
-/// Turns the stack's errors into replies.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RescueLayer;
+/// Header saying a reply is not the upstream's live answer.
+pub const DEGRADED_HEADER: &str = "x-breakwater-degraded";
+
+/// What one route can still answer with when its upstream cannot.
+pub struct RouteRescue {
+    /// The route's fallback, if it has one.
+    pub fallback: Option<Fallback>,
+    /// The route's stale-if-error store, if it keeps one.
+    pub stale: Option<Arc<StaleStore>>,
+    /// Where degraded replies are counted.
+    pub report: Arc<RouteReport>,
+    /// Requests shed by breakwater's own limits, process-wide (a signal of
+    /// the automatic degradation level).
+    pub sheds: Arc<AtomicU64>,
+}
+
+/// Turns the stack's failures into the best reply the route can give.
+#[derive(Clone)]
+pub struct RescueLayer {
+    rescue: Arc<RouteRescue>,
+}
+
+impl RescueLayer {
+    /// Rescues with `rescue`'s means.
+    pub fn new(rescue: Arc<RouteRescue>) -> Self {
+        RescueLayer { rescue }
+    }
+}
 
 impl<S> Layer<S> for RescueLayer {
     type Service = Rescue<S>;
     fn layer(&self, inner: S) -> Rescue<S> {
-        Rescue { inner }
+        Rescue {
+            inner,
+            rescue: self.rescue.clone(),
+        }
     }
 }
 
 /// See [`RescueLayer`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Rescue<S> {
     inner: S,
+    rescue: Arc<RouteRescue>,
+}
+
+/// A GET/HEAD on a route that keeps stale copies: its key, the copy kept
+/// for it now, and the request headers a new copy would be kept under.
+struct StaleCx {
+    key: StaleKey,
+    kept: Option<Arc<StaleEntry>>,
+    headers: HeaderMap,
 }
 
 impl<S> Service<Request<Body>> for Rescue<S>
@@ -53,9 +103,20 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let stale = self.rescue.stale.as_ref().and_then(|store| {
+            let key = StaleStore::key_of(&request)?;
+            let kept = store.lookup(&key, request.headers(), Instant::now());
+            Some(Box::new(StaleCx {
+                key,
+                kept,
+                headers: request.headers().clone(),
+            }))
+        });
         RescueFuture {
             reply: ReplyCx::of(&request),
             inner: self.inner.call(request),
+            rescue: self.rescue.clone(),
+            stale,
         }
     }
 }
@@ -66,6 +127,8 @@ pin_project! {
         #[pin]
         inner: F,
         reply: ReplyCx,
+        rescue: Arc<RouteRescue>,
+        stale: Option<Box<StaleCx>>,
     }
 }
 
@@ -77,14 +140,188 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        Poll::Ready(Ok(match ready!(this.inner.poll(cx)) {
-            Ok(response) => response,
-            Err(error) => rescue(error, *this.reply),
+        let result = ready!(this.inner.poll(cx));
+        let rescue = &**this.rescue;
+        let stale = this.stale.take();
+        Poll::Ready(Ok(match result {
+            Ok(response) => rescue.answered(response, *this.reply, stale),
+            Err(error) => rescue.failed(error, *this.reply, stale),
         }))
     }
 }
 
-/// breakwater's reply for a failed stack call.
+// === impl RouteRescue ===
+
+impl RouteRescue {
+    /// The upstream answered: keep a good answer, replace a failed one.
+    fn answered(
+        &self,
+        mut response: Response<Body>,
+        reply: ReplyCx,
+        stale: Option<Box<StaleCx>>,
+    ) -> Response<Body> {
+        if response.body().outcome() == Outcome::Http5xx {
+            let kept = stale.and_then(|stale| stale.kept);
+            let reason = "upstream-error";
+            if let Some(entry) = kept {
+                return self.stale_reply(&entry, reply, reason, Outcome::Http5xx);
+            }
+            if let Some(fallback) = self
+                .fallback
+                .as_ref()
+                .filter(|fallback| fallback.answers(FallbackWhen::UpstreamFailure))
+            {
+                return self.fallback_reply(fallback, reply, reason, Outcome::Http5xx);
+            }
+            return response;
+        }
+        if let (Some(stale), Some(store)) = (stale, &self.stale) {
+            let stale = *stale;
+            if let Some(capture) = store.capture(stale.key, &stale.headers, &response) {
+                response.body_mut().capture_into(capture);
+            }
+        }
+        response
+    }
+
+    /// Nothing came back: the stale copy, the fallback, or breakwater's
+    /// own reply.
+    fn failed(
+        &self,
+        error: StackError,
+        reply: ReplyCx,
+        stale: Option<Box<StaleCx>>,
+    ) -> Response<Body> {
+        let outcome = match error {
+            StackError::Rejected(_) => Outcome::Rejected,
+            StackError::Upstream(error) => error.outcome(),
+        };
+        let rejection = error.rejection();
+        if matches!(
+            rejection,
+            Rejection::Shed
+                | Rejection::Overload
+                | Rejection::UpstreamQueueFull
+                | Rejection::UpstreamQueueTimeout
+        ) {
+            self.sheds.fetch_add(1, Ordering::Relaxed);
+        }
+        let (_, reason) = rejection.status_and_reason();
+        if let Some(why) = fallback_when(error) {
+            let kept = stale.and_then(|stale| stale.kept);
+            if let (Some(entry), true) = (kept, why != FallbackWhen::RateLimited) {
+                return self.stale_reply(&entry, reply, reason, outcome);
+            }
+            if let Some(fallback) = self.fallback.as_ref().filter(|f| f.answers(why)) {
+                return self.fallback_reply(fallback, reply, reason, outcome);
+            }
+        }
+        if rejection == Rejection::Degraded {
+            self.report.degraded("level");
+        }
+        let mut response = reject::reply(rejection, reply);
+        response.body_mut().classify(outcome, None);
+        response
+    }
+
+    fn fallback_reply(
+        &self,
+        fallback: &Fallback,
+        reply: ReplyCx,
+        reason: &'static str,
+        outcome: Outcome,
+    ) -> Response<Body> {
+        self.report.degraded("fallback");
+        let mut response = Response::new(if reply.head {
+            Body::empty()
+        } else {
+            Body::full(fallback.body.clone())
+        });
+        *response.status_mut() =
+            StatusCode::from_u16(fallback.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let headers = response.headers_mut();
+        for (name, value) in &fallback.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        if let Ok(content_type) = HeaderValue::from_str(&fallback.content_type) {
+            headers.insert(CONTENT_TYPE, content_type);
+        }
+        if reply.head {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(fallback.body.len()));
+        }
+        headers.insert(DEGRADED_HEADER, HeaderValue::from_static("fallback"));
+        headers.insert(REASON_HEADER, HeaderValue::from_static(reason));
+        response.body_mut().classify(outcome, None);
+        response
+    }
+
+    fn stale_reply(
+        &self,
+        entry: &StaleEntry,
+        reply: ReplyCx,
+        reason: &'static str,
+        outcome: Outcome,
+    ) -> Response<Body> {
+        self.report.degraded("stale");
+        let mut response = Response::new(if reply.head {
+            Body::empty()
+        } else {
+            Body::full(entry.body.clone())
+        });
+        *response.status_mut() = entry.status;
+        *response.headers_mut() = entry.headers.clone();
+        let headers = response.headers_mut();
+        headers.insert(
+            AGE,
+            HeaderValue::from(stale::age(entry, Instant::now()).as_secs()),
+        );
+        headers.insert(DEGRADED_HEADER, HeaderValue::from_static("stale"));
+        headers.insert(REASON_HEADER, HeaderValue::from_static(reason));
+        response.body_mut().classify(outcome, None);
+        response
+    }
+}
+
+/// What a failure is, in the words a fallback answers for; `None` for the
+/// client's own failures, which get no stand-in.
+fn fallback_when(error: StackError) -> Option<FallbackWhen> {
+    Some(match error {
+        StackError::Rejected(rejection) => match rejection {
+            Rejection::BreakerOpen { .. } => FallbackWhen::BreakerOpen,
+            Rejection::Shed
+            | Rejection::Overload
+            | Rejection::UpstreamQueueFull
+            | Rejection::UpstreamQueueTimeout => FallbackWhen::Shed,
+            Rejection::RateLimited { .. } => FallbackWhen::RateLimited,
+            Rejection::Degraded => FallbackWhen::Degraded,
+            Rejection::Starting | Rejection::NeedsIntervention => FallbackWhen::Unavailable,
+            Rejection::Timeout => FallbackWhen::Timeout,
+            Rejection::UpstreamUnavailable | Rejection::UpstreamReset => {
+                FallbackWhen::UpstreamFailure
+            }
+            Rejection::NoRoute
+            | Rejection::BadRequestBody
+            | Rejection::ClientGone
+            | Rejection::Internal => return None,
+        },
+        StackError::Upstream(error) => match error {
+            CallError::Timeout => FallbackWhen::Timeout,
+            CallError::Connect | CallError::ConnectTimeout | CallError::Reset => {
+                FallbackWhen::UpstreamFailure
+            }
+            CallError::QueueFull | CallError::QueueTimeout => FallbackWhen::Shed,
+            CallError::ClientGone | CallError::ClientMalformed => return None,
+        },
+    })
+}
+
+/// breakwater's own reply for a failed stack call, without the route's
+/// stand-ins (for a request that has no route's stack).
 pub fn rescue(error: StackError, reply: ReplyCx) -> Response<Body> {
     let outcome = match error {
         StackError::Rejected(_) => Outcome::Rejected,

@@ -11,7 +11,8 @@
 //! retried.
 //!
 //! Routes without retries (`attempts: 1`) pass straight through, with no
-//! allocation.
+//! allocation; so do routes whose priority the degradation level has told
+//! to stop retrying (the load they add shrinks before they give way).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,9 +29,11 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::policy::backoff::Backoff;
+use crate::policy::degradation::Priority;
 use crate::policy::retry::{may_retry, RetryOn, TryOutcome};
 use crate::policy::retry_budget::RetryBudget;
 use crate::proxy::body::Body;
+use crate::proxy::layers::admission::DegradationState;
 use crate::proxy::outcome::{CallError, Outcome};
 use crate::proxy::reject::StackError;
 use crate::proxy::report::RouteReport;
@@ -78,12 +81,25 @@ impl TryContext {
 pub struct RetryLayer {
     plan: Option<Arc<RetryPlan>>,
     report: Arc<RouteReport>,
+    degradation: Arc<DegradationState>,
+    priority: Priority,
 }
 
 impl RetryLayer {
-    /// `plan` is `None` when the route does not retry.
-    pub fn new(plan: Option<Arc<RetryPlan>>, report: Arc<RouteReport>) -> Self {
-        RetryLayer { plan, report }
+    /// `plan` is `None` when the route does not retry. A route of
+    /// `priority` stops retrying at the degradation levels that say so.
+    pub fn new(
+        plan: Option<Arc<RetryPlan>>,
+        report: Arc<RouteReport>,
+        degradation: Arc<DegradationState>,
+        priority: Priority,
+    ) -> Self {
+        RetryLayer {
+            plan,
+            report,
+            degradation,
+            priority,
+        }
     }
 }
 
@@ -94,6 +110,8 @@ impl<S> Layer<S> for RetryLayer {
             inner,
             plan: self.plan.clone(),
             report: self.report.clone(),
+            degradation: self.degradation.clone(),
+            priority: self.priority,
         }
     }
 }
@@ -104,6 +122,8 @@ pub struct Retry<S> {
     inner: S,
     plan: Option<Arc<RetryPlan>>,
     report: Arc<RouteReport>,
+    degradation: Arc<DegradationState>,
+    priority: Priority,
 }
 
 type BoxResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, StackError>> + Send>>;
@@ -152,17 +172,18 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let retrying = self.degradation.level().retries(self.priority);
         match &self.plan {
-            None => RetryFuture::Once {
-                inner: self.inner.call(request),
-            },
-            Some(plan) => RetryFuture::Looping {
+            Some(plan) if retrying => RetryFuture::Looping {
                 future: Box::pin(retry(
                     self.inner.clone(),
                     plan.clone(),
                     self.report.clone(),
                     request,
                 )),
+            },
+            _ => RetryFuture::Once {
+                inner: self.inner.call(request),
             },
         }
     }
