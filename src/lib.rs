@@ -16,6 +16,7 @@
 //! - [`reload`]: SIGHUP / admin / file-watch reloads, one atomic swap.
 //! - [`run`]: start-up, wiring and graceful drain.
 //! - [`sampler`] and [`sys`]: breakwater's own memory, sampled and read.
+//! - [`grpc`]: the gRPC vocabulary (codes, deadlines, health messages).
 //! - [`metrics`], [`events`], [`telemetry`], [`units`]: shared plumbing.
 //! - [`cli`], [`sim`], [`demo`]: the command line, the controllable
 //!   upstream and the guided tour.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod grpc;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

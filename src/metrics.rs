@@ -77,6 +77,10 @@ pub struct Metrics {
     /// `breakwater_upstream_pending{upstream}`: requests waiting for a
     /// connection to one of an upstream's endpoints.
     pub upstream_pending: IntGaugeVec,
+    /// `breakwater_grpc_responses_total{route,grpc_status}`: gRPC calls by
+    /// the `grpc-status` (`0`…`16`) their client got, breakwater's own
+    /// replies included.
+    pub grpc_responses_total: IntCounterVec,
 }
 
 /// Handles for one route, resolved when a snapshot is built.
@@ -88,9 +92,16 @@ pub struct RouteMetrics {
     /// `upstream_duration_seconds{route}`.
     pub upstream_duration: Histogram,
     requests_total: IntCounterVec,
+    grpc_responses_total: IntCounterVec,
 }
 
 impl RouteMetrics {
+    /// The `grpc_responses_total` counter for this route and `code`.
+    pub fn grpc(&self, code: crate::grpc::Code) -> IntCounter {
+        self.grpc_responses_total
+            .with_label_values(&[self.route.as_str(), code.label()])
+    }
+
     /// The `requests_total` counter for this route, status and outcome.
     pub fn requests(&self, code: http::StatusCode, outcome: &str) -> IntCounter {
         let mut buffer = itoa_status(code);
@@ -138,6 +149,11 @@ impl Metrics {
             "requests_total",
             "Requests by route, status code and outcome class.",
             &["route", "code", "outcome"],
+        )?;
+        let grpc_responses_total = counter(
+            "grpc_responses_total",
+            "gRPC calls by route and the grpc-status their client got.",
+            &["route", "grpc_status"],
         )?;
         let request_duration = histogram(
             "request_duration_seconds",
@@ -313,6 +329,7 @@ impl Metrics {
             recovery_duration,
             registry,
             requests_total,
+            grpc_responses_total,
             request_duration,
             upstream_duration,
             config_reloads_total,
@@ -329,6 +346,7 @@ impl Metrics {
             request_duration: self.request_duration.with_label_values(&[route]),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
             requests_total: self.requests_total.clone(),
+            grpc_responses_total: self.grpc_responses_total.clone(),
         }
     }
 

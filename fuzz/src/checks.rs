@@ -358,13 +358,14 @@ pub fn header_sanitiser(data: &[u8]) {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy, except
 /// `upgrade`/`connection` when an upgrade is forwarded.
-const HOP_BY_HOP: [&str; 8] = [
+/// `trailer` is not one (RFC 9110 §6.6.2): it names the trailer fields end
+/// to end, and HTTP/1.1 trailers only pass when it does.
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::checks::{above_zero, at_least, between};
 use super::decode::{ByteSize, Cx, Keys};
 use super::model::header_fields;
+use super::policy::GrpcCode;
 use super::yaml::Node;
 
 /// Largest fallback body, inline or from `body_file`.
@@ -65,6 +66,12 @@ section! {
         headers: Vec<(String, String)> = Vec::new(),
         /// What it answers for.
         when: Vec<FallbackWhen> = FallbackWhen::ALL.to_vec(),
+        /// The `grpc-status` of the reply to a gRPC call (`content-type:
+        /// application/grpc…`). With `ok`, the body — one serialized
+        /// protobuf response message — is sent as the call's one message;
+        /// with another status the reply is trailers-only. A fallback
+        /// without it leaves gRPC calls to breakwater's own gRPC reply.
+        grpc_status: Option<GrpcCode> = None,
     }
 }
 
@@ -85,6 +92,8 @@ pub struct Fallback {
     pub headers: Vec<(String, String)>,
     /// What it answers for.
     pub when: Vec<FallbackWhen>,
+    /// The `grpc-status` of the reply to a gRPC call, if it answers them.
+    pub grpc_status: Option<GrpcCode>,
 }
 
 impl Fallback {
@@ -130,6 +139,7 @@ fn fallback_from_keys(cx: &mut Cx, node: &Node, keys: FallbackKeys) -> Option<Fa
         content_type: keys.content_type,
         headers: keys.headers,
         when: keys.when,
+        grpc_status: keys.grpc_status,
     })
 }
 
@@ -154,6 +164,7 @@ fn fallback_to_keys(fallback: &Fallback) -> FallbackKeys {
         content_type: fallback.content_type.clone(),
         headers: fallback.headers.clone(),
         when: fallback.when.clone(),
+        grpc_status: fallback.grpc_status,
     }
 }
 

@@ -452,6 +452,21 @@ section! {
         health_check: Option<HealthCheck> = None,
     }
     later: ["tls", "slow_start"],
+    validate: check_upstream,
+}
+
+fn check_upstream(upstream: &mut Upstream, keys: &Keys<'_>, cx: &mut Cx) {
+    let grpc_probe = upstream
+        .health_check
+        .as_ref()
+        .is_some_and(|check| matches!(check.probe, super::policy::Probe::Grpc { .. }));
+    if grpc_probe && upstream.protocol == Protocol::Http1 {
+        keys.error(
+            cx,
+            "health_check",
+            "a grpc health check speaks HTTP/2: set protocol to http2 or auto",
+        );
+    }
 }
 
 section! {

@@ -18,6 +18,7 @@ use super::checks::{
 use super::decode::{parse_with, pattern, ConfigValue, Cx, Keys};
 use super::yaml::{Node, Value};
 
+pub use crate::grpc::Code as GrpcCode;
 pub use crate::policy::retry::RetryOn;
 
 // === Toggle ===
@@ -133,8 +134,16 @@ section! {
         /// Upstream statuses that count as failures (a 4xx never does).
         #[check(statuses())]
         failure_statuses: Vec<u16> = vec![500, 502, 503, 504],
+        /// gRPC statuses that count as failures, read from a gRPC call's
+        /// `grpc-status` when it ends (by name, `unavailable`, or number).
+        #[default_text = "[unavailable, internal, unknown, deadline_exceeded]"]
+        grpc_failure_statuses: Vec<GrpcCode> = vec![
+            GrpcCode::UNAVAILABLE,
+            GrpcCode::INTERNAL,
+            GrpcCode::UNKNOWN,
+            GrpcCode::DEADLINE_EXCEEDED,
+        ],
     }
-    later: ["grpc_failure_statuses"],
     validate: check_breaker,
 }
 
@@ -270,19 +279,48 @@ fn check_bulkhead(bulkhead: &mut Bulkhead, keys: &Keys<'_>, cx: &mut Cx) {
 
 // === retry ===
 
-/// `connect_error | connect_timeout | reset | timeout | http_5xx | STATUS`.
+/// A gRPC status code by name (`unavailable`) or number (`14`); printed
+/// by name.
+impl ConfigValue for GrpcCode {
+    fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
+        let what = "a gRPC status code like unavailable or 14";
+        parse_with(cx, node, what, |text| {
+            GrpcCode::from_name(text)
+                .or_else(|| text.parse().ok().and_then(GrpcCode::new))
+                .ok_or_else(|| format!("expected {what}, found {text:?}"))
+        })
+    }
+    fn to_json(&self) -> Json {
+        json!(self.name())
+    }
+    fn schema() -> Json {
+        let names: Vec<&str> = GrpcCode::all().map(GrpcCode::name).collect();
+        json!({"anyOf": [
+            {"enum": names},
+            {"type": "integer", "minimum": 0, "maximum": 16},
+        ]})
+    }
+    fn type_name() -> String {
+        "gRPC status code: a name like `unavailable` or a number 0 to 16".to_owned()
+    }
+}
+
+serialize_as_json!(GrpcCode);
+
+/// `connect_error | connect_timeout | reset | timeout | http_5xx | STATUS |
+/// GRPC_CODE_NAME`.
 impl ConfigValue for RetryOn {
     fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {
-        let what =
-            "one of connect_error, connect_timeout, reset, timeout, http_5xx, or a status like 503";
+        let what = "one of connect_error, connect_timeout, reset, timeout, http_5xx, a status like 503, or a gRPC status like unavailable";
         parse_with(cx, node, what, |text| match text {
             "connect_error" => Ok(RetryOn::ConnectError),
             "connect_timeout" => Ok(RetryOn::ConnectTimeout),
             "reset" => Ok(RetryOn::Reset),
             "timeout" => Ok(RetryOn::Timeout),
             "http_5xx" => Ok(RetryOn::Http5xx),
-            other => match other.parse::<u16>() {
-                Ok(status) if (100..=599).contains(&status) => Ok(RetryOn::Status(status)),
+            other => match (other.parse::<u16>(), GrpcCode::from_name(other)) {
+                (Ok(status), _) if (100..=599).contains(&status) => Ok(RetryOn::Status(status)),
+                (_, Some(code)) if code != GrpcCode::OK => Ok(RetryOn::Grpc(code)),
                 _ => Err(format!("expected {what}, found {other:?}")),
             },
         })
@@ -295,17 +333,23 @@ impl ConfigValue for RetryOn {
             RetryOn::Timeout => json!("timeout"),
             RetryOn::Http5xx => json!("http_5xx"),
             RetryOn::Status(status) => json!(status),
+            RetryOn::Grpc(code) => json!(code.name()),
         }
     }
     fn schema() -> Json {
+        let codes: Vec<&str> = GrpcCode::all()
+            .filter(|code| *code != GrpcCode::OK)
+            .map(GrpcCode::name)
+            .collect();
         json!({"anyOf": [
             {"enum": ["connect_error", "connect_timeout", "reset", "timeout", "http_5xx"]},
+            {"enum": codes},
             {"type": "integer", "minimum": 100, "maximum": 599},
             {"type": "string", "pattern": pattern("[1-5][0-9][0-9]")},
         ]})
     }
     fn type_name() -> String {
-        "`connect_error`, `connect_timeout`, `reset`, `timeout`, `http_5xx` or a status".to_owned()
+        "`connect_error`, `connect_timeout`, `reset`, `timeout`, `http_5xx`, a status, or a gRPC status name like `unavailable`".to_owned()
     }
 }
 
@@ -320,7 +364,10 @@ section! {
         /// Tries in all, the first included: 1 means no retry.
         #[check(between(1, 10))]
         attempts: u32 = 1,
-        /// What may be retried.
+        /// What may be retried. A gRPC status name (`unavailable`) retries
+        /// a gRPC call the upstream refused with that status before sending
+        /// any message, whatever the method: listing it says the call is
+        /// safe to repeat, as in gRPC's own retry policy.
         retry_on: Vec<RetryOn> = vec![RetryOn::ConnectError],
         /// The retry budget: beyond it, failures are not retried.
         budget: RetryBudget = RetryBudget::default(),
@@ -435,11 +482,17 @@ pub enum Probe {
     /// `exec: [cmd, args…]`: a command that must exit 0 (`{endpoint}` in an
     /// argument is replaced by the endpoint's host:port).
     Exec(Vec<String>),
+    /// `grpc: {service}`: `grpc.health.v1.Health/Check` for `service`
+    /// (`""`: the whole server) that must answer `SERVING`.
+    Grpc {
+        /// The service asked about.
+        service: String,
+    },
 }
 
 section! {
     /// `upstreams[].health_check:` — active probes of each endpoint; give
-    /// exactly one of `http`, `tcp` or `exec`. An endpoint that fails
+    /// exactly one of `http`, `tcp`, `exec` or `grpc`. An endpoint that fails
     /// `unhealthy_threshold` probes in a row gets no traffic until it
     /// passes `healthy_threshold` in a row.
     pub(crate) struct HealthCheckKeys {
@@ -451,6 +504,9 @@ section! {
         /// argument becomes the endpoint's host:port.
         #[check(non_empty("a command"))]
         exec: Option<Vec<String>> = None,
+        /// The standard gRPC health check, `grpc.health.v1.Health/Check`,
+        /// that must answer `SERVING`; needs `protocol: http2` or `auto`.
+        grpc: Option<GrpcProbe> = None,
         /// Time between probes.
         #[check(above_zero())]
         interval: Duration = Duration::from_secs(2),
@@ -464,7 +520,6 @@ section! {
         #[check(at_least(1))]
         healthy_threshold: u32 = 2,
     }
-    later: ["grpc"],
     validate: check_health,
 }
 
@@ -485,13 +540,21 @@ section! {
     pub(crate) struct TcpProbe {}
 }
 
+section! {
+    /// `health_check.grpc:`
+    pub(crate) struct GrpcProbe {
+        /// The service asked about; `""` asks about the whole server.
+        service: String = String::new(),
+    }
+}
+
 fn check_health(health: &mut HealthCheckKeys, keys: &Keys<'_>, cx: &mut Cx) {
-    let probes = ["http", "tcp", "exec"]
+    let probes = ["http", "tcp", "exec", "grpc"]
         .iter()
         .filter(|key| keys.has(key))
         .count();
     if probes != 1 {
-        keys.error(cx, "", "give exactly one of http, tcp or exec");
+        keys.error(cx, "", "give exactly one of http, tcp, exec or grpc");
     }
     if health.timeout > health.interval {
         keys.error(cx, "timeout", "must be at most interval");
@@ -499,14 +562,17 @@ fn check_health(health: &mut HealthCheckKeys, keys: &Keys<'_>, cx: &mut Cx) {
 }
 
 fn health_from_keys(_: &mut Cx, _: &Node, keys: HealthCheckKeys) -> Option<HealthCheck> {
-    let probe = match (keys.http, keys.tcp, keys.exec) {
-        (Some(http), _, _) => Probe::Http {
+    let probe = match (keys.http, keys.tcp, keys.exec, keys.grpc) {
+        (Some(http), ..) => Probe::Http {
             path: http.path,
             expect_status: http.expect_status,
         },
-        (None, Some(TcpProbe {}), _) => Probe::Tcp {},
-        (None, None, Some(command)) => Probe::Exec(command),
-        (None, None, None) => return None,
+        (None, Some(TcpProbe {}), ..) => Probe::Tcp {},
+        (None, None, Some(command), _) => Probe::Exec(command),
+        (None, None, None, Some(grpc)) => Probe::Grpc {
+            service: grpc.service,
+        },
+        (None, None, None, None) => return None,
     };
     Some(HealthCheck {
         probe,
@@ -518,25 +584,30 @@ fn health_from_keys(_: &mut Cx, _: &Node, keys: HealthCheckKeys) -> Option<Healt
 }
 
 fn health_to_keys(health: &HealthCheck) -> HealthCheckKeys {
-    let (http, tcp, exec) = match &health.probe {
+    let (mut http, mut tcp, mut exec, mut grpc) = (None, None, None, None);
+    match &health.probe {
         Probe::Http {
             path,
             expect_status,
-        } => (
-            Some(HttpProbe {
+        } => {
+            http = Some(HttpProbe {
                 path: path.clone(),
                 expect_status: expect_status.clone(),
-            }),
-            None,
-            None,
-        ),
-        Probe::Tcp {} => (None, Some(TcpProbe {}), None),
-        Probe::Exec(command) => (None, None, Some(command.clone())),
-    };
+            });
+        }
+        Probe::Tcp {} => tcp = Some(TcpProbe {}),
+        Probe::Exec(command) => exec = Some(command.clone()),
+        Probe::Grpc { service } => {
+            grpc = Some(GrpcProbe {
+                service: service.clone(),
+            });
+        }
+    }
     HealthCheckKeys {
         http,
         tcp,
         exec,
+        grpc,
         interval: health.interval,
         timeout: health.timeout,
         unhealthy_threshold: health.unhealthy_threshold,
@@ -550,6 +621,7 @@ fn one_probe(schema: &mut Json) {
         {"required": ["http"]},
         {"required": ["tcp"]},
         {"required": ["exec"]},
+        {"required": ["grpc"]},
     ]);
     schema["type"] = json!("object");
 }

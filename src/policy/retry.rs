@@ -2,9 +2,13 @@
 //!
 //! One pure decision, so the rule is stated once: a try may be repeated
 //! when its outcome is in `retry_on`, and either nothing of the request
-//! reached the upstream (a connect failure: any method is safe) or the
-//! method is idempotent. The budget and the attempt count are checked by
+//! reached the upstream (a connect failure: any method is safe), the
+//! method is idempotent, or the outcome is a gRPC status listed by name —
+//! gRPC calls are all POSTs, and listing a status is the operator saying
+//! the call is safe to repeat on it, as gRPC's own retry policy does. The budget and the attempt count are checked by
 //! the caller around this.
+
+use crate::grpc::Code;
 
 /// How a try ended, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +28,9 @@ pub enum TryOutcome {
         /// Whether it is in the route's `failure_statuses`.
         is_failure: bool,
     },
+    /// The upstream answered a gRPC call with this `grpc-status` before
+    /// any message (a trailers-only response).
+    Grpc(Code),
 }
 
 /// One `retry_on` entry.
@@ -41,6 +48,8 @@ pub enum RetryOn {
     Http5xx,
     /// This exact status.
     Status(u16),
+    /// This gRPC status, in a trailers-only response.
+    Grpc(Code),
 }
 
 impl TryOutcome {
@@ -57,6 +66,7 @@ impl TryOutcome {
             | (RetryOn::Timeout, TryOutcome::Timeout) => true,
             (RetryOn::Http5xx, TryOutcome::Status { is_failure, .. }) => is_failure,
             (RetryOn::Status(wanted), TryOutcome::Status { code, .. }) => *wanted == code,
+            (RetryOn::Grpc(wanted), TryOutcome::Grpc(code)) => *wanted == code,
             _ => false,
         })
     }
@@ -65,12 +75,25 @@ impl TryOutcome {
 /// Whether a try that ended in `outcome` may be repeated, before counting
 /// attempts and budget. `idempotent` is the request method's property.
 pub fn may_retry(outcome: TryOutcome, idempotent: bool, retry_on: &[RetryOn]) -> bool {
-    outcome.listed_in(retry_on) && (idempotent || outcome.nothing_sent())
+    let safe = idempotent || outcome.nothing_sent() || matches!(outcome, TryOutcome::Grpc(_));
+    outcome.listed_in(retry_on) && safe
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listed_grpc_status_is_retried_whatever_the_method() {
+        let on = [RetryOn::Grpc(Code::UNAVAILABLE)];
+        assert!(may_retry(TryOutcome::Grpc(Code::UNAVAILABLE), false, &on));
+        assert!(!may_retry(TryOutcome::Grpc(Code::INTERNAL), false, &on));
+        assert!(!may_retry(
+            TryOutcome::Grpc(Code::UNAVAILABLE),
+            false,
+            &[RetryOn::Http5xx]
+        ));
+    }
 
     #[test]
     fn only_listed_outcomes_are_retried() {

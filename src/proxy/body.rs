@@ -8,7 +8,9 @@
 //! going away — and, for gRPC, its trailers):
 //!
 //! - the classification made when the response headers arrived
-//!   ([`Body::classify`]), refined once at the end ([`End::outcome`]);
+//!   ([`Body::classify`]), refined once at the end ([`End::outcome`]) —
+//!   for a gRPC call, by the `grpc-status` in its trailers
+//!   ([`Body::await_grpc_status`]);
 //! - the bulkhead permit, released by ownership when the body is dropped;
 //! - the breaker's ticket ([`BreakerRecord`]), recorded with the outcome;
 //! - the try's endpoint ([`TryRecord`]): outlier detection and the
@@ -27,11 +29,12 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::Body as _;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -41,6 +44,7 @@ use super::report::BreakerRecord;
 use super::stale::Capture;
 use super::upstream::http1::Lease;
 use super::upstream::passive::TryRecord;
+use crate::grpc::{self, Code, CodeSet};
 use crate::policy::bulkhead::BulkheadPermit;
 
 /// Errors a body can yield; allocated only when one happens.
@@ -55,6 +59,11 @@ pub struct Body {
 enum Kind {
     Empty,
     Full(Option<Bytes>),
+    /// breakwater's own gRPC message: data, then trailers.
+    WithTrailers {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
     /// A streamed hyper body: an upstream's response over HTTP/2, or an
     /// upgrade response.
     Incoming(Incoming),
@@ -69,12 +78,89 @@ enum Kind {
         incoming: Incoming,
         lease: Lease<Body>,
     },
+    /// A request body streamed to its first try while a copy is kept, so
+    /// a retry can send it again if it turned out small enough.
+    Recorded {
+        inner: Box<Body>,
+        recording: Arc<Recording>,
+    },
+}
+
+/// The copy a [`Body::recorded`] body keeps: whole if it ended within the
+/// limit, else nothing.
+#[derive(Debug)]
+pub struct Recording {
+    limit: u64,
+    state: Mutex<Recorded>,
+}
+
+#[derive(Debug, Default)]
+struct Recorded {
+    chunks: Vec<Bytes>,
+    len: u64,
+    complete: bool,
+    /// Past the limit, or carrying trailers: not replayable.
+    given_up: bool,
+}
+
+impl Recording {
+    /// A recording of at most `limit` bytes.
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Recording {
+            limit,
+            state: Mutex::new(Recorded::default()),
+        })
+    }
+
+    /// The whole body, if it ended within the limit.
+    pub fn whole(&self) -> Option<Bytes> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state.complete || state.given_up {
+            return None;
+        }
+        Some(match state.chunks.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => Bytes::from(many.concat()),
+        })
+    }
+
+    fn frame(&self, frame: &Frame<Bytes>, ended: bool) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state.given_up {
+            if let Some(data) = frame.data_ref() {
+                state.len += data.len() as u64;
+                if state.len > self.limit {
+                    state.given_up = true;
+                    state.chunks = Vec::new();
+                } else {
+                    state.chunks.push(data.clone());
+                }
+            } else {
+                state.given_up = true;
+                state.chunks = Vec::new();
+            }
+        }
+        state.complete |= ended;
+    }
+
+    fn end(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .complete = true;
+    }
 }
 
 /// What must learn how a response ended. See the module docs.
 struct Tail {
     outcome: Outcome,
     upstream_elapsed: Option<Duration>,
+    /// For a gRPC call whose status is still to come: the codes that are
+    /// failures.
+    grpc_pending: Option<CodeSet>,
+    /// The call's `grpc-status`, once known.
+    grpc_status: Option<Code>,
     /// The request's client: when the response breaks because the client
     /// broke its request body, the exchange ends as the client's failure.
     client: Option<Arc<ClientFault>>,
@@ -146,6 +232,15 @@ impl Body {
         Body::of(Kind::Empty)
     }
 
+    /// A body held in memory followed by `trailers` (breakwater's own
+    /// gRPC message and its status).
+    pub fn with_trailers(data: Bytes, trailers: HeaderMap) -> Self {
+        Body::of(Kind::WithTrailers {
+            data: Some(data).filter(|data| !data.is_empty()),
+            trailers: Some(trailers),
+        })
+    }
+
     /// A body held in memory.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
@@ -175,6 +270,14 @@ impl Body {
         Body::of(Kind::Leased { incoming, lease })
     }
 
+    /// `body`, streamed as it is, while `recording` keeps a copy.
+    pub fn recorded(body: Body, recording: Arc<Recording>) -> Self {
+        Body::of(Kind::Recorded {
+            inner: Box::new(body),
+            recording,
+        })
+    }
+
     /// For a downstream request body still to be read: a handle that says
     /// whether the client failed while sending it. `None` for any other
     /// body (nothing left that the client could break).
@@ -183,6 +286,7 @@ impl Body {
             Kind::Downstream { incoming, fault } if !incoming.is_end_stream() => {
                 Some(fault.get_or_insert_with(Default::default).clone())
             }
+            Kind::Recorded { inner, .. } => inner.watch_client(),
             _ => None,
         }
     }
@@ -192,6 +296,8 @@ impl Body {
             Box::new(Tail {
                 outcome: Outcome::Success,
                 upstream_elapsed: None,
+                grpc_pending: None,
+                grpc_status: None,
                 client: None,
                 permit: None,
                 breaker: None,
@@ -208,6 +314,25 @@ impl Body {
         let tail = self.tail();
         tail.outcome = outcome;
         tail.upstream_elapsed = upstream_elapsed;
+    }
+
+    /// A gRPC call whose status comes in the trailers: when they arrive,
+    /// a status in `failures` makes the outcome `grpc_error`; if the
+    /// stream ends without one it is a failure too, and if the client
+    /// abandons the call first it says nothing.
+    pub fn await_grpc_status(&mut self, failures: CodeSet) {
+        self.tail().grpc_pending = Some(failures);
+    }
+
+    /// Records the `grpc-status` the call ended with (a trailers-only
+    /// response, or breakwater's own gRPC reply).
+    pub fn set_grpc_status(&mut self, code: Code) {
+        self.tail().grpc_status = Some(code);
+    }
+
+    /// The call's `grpc-status`, when it is known already.
+    pub fn grpc_status(&self) -> Option<Code> {
+        self.tail.as_ref().and_then(|tail| tail.grpc_status)
     }
 
     /// Ties this response to its request's client: if the response breaks
@@ -258,12 +383,17 @@ impl Body {
             (EndReason::Error, Outcome::Success | Outcome::Slow | Outcome::Http5xx) => {
                 client_fault.map_or(Outcome::Reset, CallError::outcome)
             }
+            // A gRPC call that ended without its status failed, as its
+            // client sees it; one the client abandoned first says nothing.
+            (EndReason::Complete, _) if tail.grpc_pending.is_some() => Outcome::GrpcError,
+            (EndReason::Dropped, _) if tail.grpc_pending.is_some() => Outcome::Cancelled,
             (_, outcome) => outcome,
         };
         let end = End {
             outcome,
             reason,
             upstream_elapsed: tail.upstream_elapsed,
+            grpc_status: tail.grpc_status,
         };
         if let Some(record) = tail.endpoint.take() {
             record.finish(&end);
@@ -318,6 +448,12 @@ impl http_body::Body for Body {
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+            Kind::WithTrailers { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
             Kind::Incoming(incoming) => poll_incoming(incoming, cx, None),
             Kind::Downstream { incoming, fault } => poll_incoming(incoming, cx, fault.as_deref()),
             Kind::Leased { incoming, lease } => {
@@ -332,10 +468,22 @@ impl http_body::Body for Body {
                 }
                 polled
             }
+            Kind::Recorded { inner, recording } => {
+                let polled = Pin::new(&mut **inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => recording.frame(frame, inner.is_end_stream()),
+                    Poll::Ready(None) => recording.end(),
+                    _ => {}
+                }
+                polled
+            }
         };
         if let (Poll::Ready(Some(Ok(frame))), Some(tail)) = (&polled, this.tail.as_mut()) {
             if let (Some(capture), Some(data)) = (tail.capture.as_mut(), frame.data_ref()) {
                 capture.push(data);
+            }
+            if let Some(trailers) = frame.trailers_ref() {
+                tail.trailers(trailers);
             }
         }
         match &polled {
@@ -353,6 +501,8 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => true,
             Kind::Full(bytes) => bytes.is_none(),
+            Kind::WithTrailers { data, trailers } => data.is_none() && trailers.is_none(),
+            Kind::Recorded { inner, .. } => inner.is_end_stream(),
             Kind::Incoming(incoming)
             | Kind::Downstream { incoming, .. }
             | Kind::Leased { incoming, .. } => incoming.is_end_stream(),
@@ -363,9 +513,29 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            // Unknown length: over HTTP/1.1 the trailers need chunked.
+            Kind::WithTrailers { .. } => SizeHint::default(),
+            Kind::Recorded { inner, .. } => inner.size_hint(),
             Kind::Incoming(incoming)
             | Kind::Downstream { incoming, .. }
             | Kind::Leased { incoming, .. } => incoming.size_hint(),
+        }
+    }
+}
+
+impl Tail {
+    /// The trailers arrived: a gRPC call's status is in them.
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        let Some(failures) = self.grpc_pending else {
+            return;
+        };
+        let Some(code) = grpc::status(trailers) else {
+            return;
+        };
+        self.grpc_pending = None;
+        self.grpc_status = Some(code);
+        if failures.contains(code) && matches!(self.outcome, Outcome::Success | Outcome::Slow) {
+            self.outcome = Outcome::GrpcError;
         }
     }
 }
@@ -438,6 +608,61 @@ mod tests {
         assert_eq!(seen[0].reason, EndReason::Dropped);
         assert_eq!(seen[0].outcome, Outcome::Http5xx);
         assert_eq!(seen[0].upstream_elapsed, Some(Duration::from_millis(3)));
+    }
+
+    #[tokio::test]
+    async fn a_recording_is_whole_only_within_its_limit() {
+        let recording = Recording::new(8);
+        let body = Body::recorded(Body::full("abc"), recording.clone());
+        assert_eq!(recording.whole(), None, "nothing read yet");
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abc");
+        assert_eq!(recording.whole().as_deref(), Some(&b"abc"[..]));
+
+        let recording = Recording::new(2);
+        let body = Body::recorded(Body::full("abc"), recording.clone());
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abc");
+        assert_eq!(recording.whole(), None, "past the limit");
+
+        let recording = Recording::new(64);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", "1".parse().unwrap());
+        let body = Body::recorded(
+            Body::with_trailers(Bytes::from_static(b"abc"), trailers),
+            recording.clone(),
+        );
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-sum"], "1");
+        assert_eq!(recording.whole(), None, "trailers are not replayed");
+    }
+
+    #[tokio::test]
+    async fn grpc_trailers_decide_the_outcome() {
+        let failures: CodeSet = [Code::UNAVAILABLE].into_iter().collect();
+        for (status, outcome) in [("0", Outcome::Success), ("14", Outcome::GrpcError)] {
+            let (seen, completion) = recorded();
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", status.parse().unwrap());
+            let mut body = Body::with_trailers(Bytes::from_static(b"msg"), trailers);
+            body.await_grpc_status(failures);
+            body.complete_with(completion);
+            body.collect().await.unwrap();
+            let end = seen.lock().unwrap()[0];
+            assert_eq!(end.outcome, outcome);
+            assert_eq!(end.grpc_status.map(Code::label), Some(status));
+        }
+        // Ended without a status: failed. Abandoned before it: says nothing.
+        let (seen, completion) = recorded();
+        let mut body = Body::full("msg");
+        body.await_grpc_status(failures);
+        body.complete_with(completion);
+        body.collect().await.unwrap();
+        assert_eq!(seen.lock().unwrap()[0].outcome, Outcome::GrpcError);
+        let (seen, completion) = recorded();
+        let mut body = Body::full("msg");
+        body.await_grpc_status(failures);
+        body.complete_with(completion);
+        drop(body);
+        assert_eq!(seen.lock().unwrap()[0].outcome, Outcome::Cancelled);
     }
 
     #[test]

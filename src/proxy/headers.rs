@@ -14,13 +14,14 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one hop (RFC 9110 §7.6.1, plus the legacy ones).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `trailer` is not one: it names the fields the trailers will carry, end
+/// to end, and hyper sends HTTP/1.1 trailers only for the names it lists.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];

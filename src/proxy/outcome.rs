@@ -15,10 +15,22 @@
 //! client cut short, or framed badly, ends the exchange with
 //! [`CallError::ClientGone`] or [`CallError::ClientMalformed`], which no
 //! policy counts against the upstream.
+//!
+//! A gRPC call's outcome is its `grpc-status`, which comes in the trailers
+//! at the end of the stream — or in the headers of a trailers-only
+//! response, when the upstream refused the call before any message. The
+//! classifier reads it from the headers when it is there; otherwise the
+//! body waits for the trailers ([`GrpcHead::Pending`]) and refines the
+//! outcome then: a status in `grpc_failure_statuses` is `grpc_error`, and
+//! a call the client abandoned before its status arrived says nothing.
 
 use std::error::Error as StdError;
 use std::io;
 use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+
+use crate::grpc::{self, Code, CodeSet};
 
 /// The outcome classes of SPEC §3, and the ones breakwater adds for
 /// exchanges that say nothing about the upstream.
@@ -48,6 +60,14 @@ pub enum Outcome {
     /// The client's request body was malformed (400). Never the
     /// upstream's failure.
     ClientError,
+    /// A gRPC call that ended with a `grpc-status` in
+    /// `grpc_failure_statuses`, whatever its HTTP status said.
+    GrpcError,
+    /// The client's own gRPC deadline ran out before the route's timeout,
+    /// and it was shorter than `slow_call_duration`: the client asked for
+    /// less than the route calls slow, so it says nothing about the
+    /// upstream.
+    DeadlineExceeded,
 }
 
 impl Outcome {
@@ -64,6 +84,8 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::Cancelled => "cancelled",
             Outcome::ClientError => "client_error",
+            Outcome::GrpcError => "grpc_error",
+            Outcome::DeadlineExceeded => "deadline_exceeded",
         }
     }
 
@@ -78,8 +100,12 @@ impl Outcome {
             | Outcome::ConnectError
             | Outcome::ConnectTimeout
             | Outcome::Timeout
-            | Outcome::Reset => Some(true),
-            Outcome::Rejected | Outcome::Cancelled | Outcome::ClientError => None,
+            | Outcome::Reset
+            | Outcome::GrpcError => Some(true),
+            Outcome::Rejected
+            | Outcome::Cancelled
+            | Outcome::ClientError
+            | Outcome::DeadlineExceeded => None,
         }
     }
 }
@@ -91,8 +117,21 @@ impl Outcome {
 pub struct Classifier {
     /// Statuses that count as failures.
     pub failure_statuses: Vec<u16>,
+    /// gRPC statuses that count as failures.
+    pub grpc_failure_statuses: CodeSet,
     /// A success slower than this is slow.
     pub slow_call_duration: Duration,
+}
+
+/// What the response headers say about a gRPC call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcHead {
+    /// Not a gRPC response.
+    None,
+    /// A trailers-only response: the call ended with this status.
+    Ended(Code),
+    /// The status comes in the trailers; these codes will be failures.
+    Pending(CodeSet),
 }
 
 impl Classifier {
@@ -106,7 +145,44 @@ impl Classifier {
     pub fn response(&self, status: u16, elapsed: Duration) -> Outcome {
         if self.is_failure_status(status) {
             Outcome::Http5xx
-        } else if elapsed > self.slow_call_duration {
+        } else {
+            self.success(elapsed)
+        }
+    }
+
+    /// The outcome of a try answered with `status` and `headers` after
+    /// `elapsed`, and what is still to come for a gRPC call: a gRPC call
+    /// answered 200 is judged by its `grpc-status`, now if the headers
+    /// carry it (trailers-only), else when the trailers arrive.
+    pub fn head(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        elapsed: Duration,
+    ) -> (Outcome, GrpcHead) {
+        if status != StatusCode::OK || !grpc::is_grpc(headers) {
+            return (self.response(status.as_u16(), elapsed), GrpcHead::None);
+        }
+        match grpc::status(headers) {
+            Some(code) => (self.grpc(code, elapsed), GrpcHead::Ended(code)),
+            None => (
+                self.success(elapsed),
+                GrpcHead::Pending(self.grpc_failure_statuses),
+            ),
+        }
+    }
+
+    /// The outcome of a gRPC call that ended with `code`.
+    pub fn grpc(&self, code: Code, elapsed: Duration) -> Outcome {
+        if self.grpc_failure_statuses.contains(code) {
+            Outcome::GrpcError
+        } else {
+            self.success(elapsed)
+        }
+    }
+
+    fn success(&self, elapsed: Duration) -> Outcome {
+        if elapsed > self.slow_call_duration {
             Outcome::Slow
         } else {
             Outcome::Success
@@ -143,6 +219,10 @@ pub enum CallError {
     /// `pending_timeout`: breakwater's own congestion.
     #[error("no connection to the endpoint came free in time")]
     QueueTimeout,
+    /// The client's own gRPC deadline, shorter than the route's timeout
+    /// and than `slow_call_duration`, ran out first.
+    #[error("the client's deadline ran out")]
+    Deadline,
 }
 
 impl CallError {
@@ -156,6 +236,7 @@ impl CallError {
             CallError::ClientGone => Outcome::Cancelled,
             CallError::ClientMalformed => Outcome::ClientError,
             CallError::QueueFull | CallError::QueueTimeout => Outcome::Rejected,
+            CallError::Deadline => Outcome::DeadlineExceeded,
         }
     }
 
@@ -172,10 +253,14 @@ impl CallError {
     }
 
     /// Whether the exchange ended on breakwater's side of it — the
-    /// client's failure, or breakwater's own congestion — so it says
-    /// nothing about the upstream and is not retried.
+    /// client's failure or deadline, or breakwater's own congestion — so
+    /// it says nothing about the upstream and is not retried.
     pub fn is_local(self) -> bool {
-        self.is_client_fault() || matches!(self, CallError::QueueFull | CallError::QueueTimeout)
+        self.is_client_fault()
+            || matches!(
+                self,
+                CallError::QueueFull | CallError::QueueTimeout | CallError::Deadline
+            )
     }
 
     /// Whether the failure was the client's (never counted against the
@@ -207,6 +292,8 @@ pub struct End {
     pub reason: EndReason,
     /// The final try's time to response headers, for an upstream response.
     pub upstream_elapsed: Option<Duration>,
+    /// The `grpc-status` the client got, for a gRPC call that ended with one.
+    pub grpc_status: Option<Code>,
 }
 
 /// Whether `error`, or an error it was caused by, is an I/O error of `kind`.
@@ -248,12 +335,49 @@ mod tests {
         }
         assert_eq!(Outcome::Slow.upstream_failed(), Some(false));
         assert_eq!(Outcome::Rejected.upstream_failed(), None);
+        assert!(CallError::Deadline.is_local());
+        assert_eq!(CallError::Deadline.outcome().upstream_failed(), None);
+    }
+
+    #[test]
+    fn a_grpc_call_is_judged_by_its_grpc_status() {
+        let classifier = Classifier {
+            failure_statuses: vec![503],
+            grpc_failure_statuses: [Code::UNAVAILABLE].into_iter().collect(),
+            slow_call_duration: Duration::from_millis(100),
+        };
+        let fast = Duration::from_millis(5);
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/grpc".parse().unwrap());
+        let (outcome, grpc) = classifier.head(StatusCode::OK, &headers, fast);
+        assert_eq!(outcome, Outcome::Success);
+        assert!(matches!(grpc, GrpcHead::Pending(set) if set.contains(Code::UNAVAILABLE)));
+        headers.insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(
+            classifier.head(StatusCode::OK, &headers, fast),
+            (Outcome::GrpcError, GrpcHead::Ended(Code::UNAVAILABLE))
+        );
+        headers.insert("grpc-status", "5".parse().unwrap());
+        assert_eq!(
+            classifier.head(StatusCode::OK, &headers, fast).0,
+            Outcome::Success
+        );
+        // Not 200, or not gRPC: the HTTP status decides.
+        assert_eq!(
+            classifier.head(StatusCode::SERVICE_UNAVAILABLE, &headers, fast),
+            (Outcome::Http5xx, GrpcHead::None)
+        );
+        assert_eq!(
+            classifier.head(StatusCode::OK, &HeaderMap::new(), fast),
+            (Outcome::Success, GrpcHead::None)
+        );
     }
 
     #[test]
     fn slow_is_judged_on_the_tries_own_time() {
         let classifier = Classifier {
             failure_statuses: vec![503],
+            grpc_failure_statuses: CodeSet::default(),
             slow_call_duration: Duration::from_millis(100),
         };
         assert_eq!(

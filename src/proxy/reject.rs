@@ -10,6 +10,13 @@
 //! the same body for the requests it refuses before any parser sees them
 //! ([`http1_refusal`]). A reply depends on the request only through
 //! [`ReplyCx`], taken before the request went down the stack.
+//!
+//! A gRPC call (`content-type: application/grpc…`) gets a gRPC reply: a
+//! trailers-only response — HTTP 200, `grpc-status` and `grpc-message` in
+//! the headers, no body — so its client sees `UNAVAILABLE` for a breaker
+//! that is open rather than an HTTP error it can only call `UNKNOWN`
+//! ([`Rejection::grpc_code`] has the mapping, Envoy's and gRPC's own).
+//! `x-breakwater-reason` is there as for any reply.
 
 use std::time::Duration;
 
@@ -18,6 +25,7 @@ use http::{Method, Request, Response, StatusCode};
 
 use super::body::Body;
 use super::outcome::CallError;
+use crate::grpc::{self, Code};
 
 /// Header naming why breakwater answered itself.
 pub const REASON_HEADER: &str = "x-breakwater-reason";
@@ -108,6 +116,7 @@ impl From<CallError> for Rejection {
             CallError::ClientMalformed => Rejection::BadRequestBody,
             CallError::QueueFull => Rejection::UpstreamQueueFull,
             CallError::QueueTimeout => Rejection::UpstreamQueueTimeout,
+            CallError::Deadline => Rejection::Timeout,
         }
     }
 }
@@ -118,6 +127,8 @@ impl From<CallError> for Rejection {
 pub struct ReplyCx {
     /// A HEAD request: the reply has headers only.
     pub head: bool,
+    /// A gRPC call: the reply is a gRPC status.
+    pub grpc: bool,
 }
 
 impl ReplyCx {
@@ -125,6 +136,7 @@ impl ReplyCx {
     pub fn of<B>(request: &Request<B>) -> Self {
         ReplyCx {
             head: request.method() == Method::HEAD,
+            grpc: grpc::is_grpc(request.headers()),
         }
     }
 }
@@ -155,6 +167,27 @@ impl Rejection {
             Rejection::BadRequestBody => (StatusCode::BAD_REQUEST, "bad-request-body"),
             Rejection::ClientGone => (client_closed_request(), "client-gone"),
             Rejection::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The `grpc-status` a gRPC client gets for this rejection.
+    pub fn grpc_code(self) -> Code {
+        match self {
+            Rejection::NoRoute => Code::UNIMPLEMENTED,
+            Rejection::RateLimited { .. } => Code::RESOURCE_EXHAUSTED,
+            Rejection::Timeout => Code::DEADLINE_EXCEEDED,
+            Rejection::BreakerOpen { .. }
+            | Rejection::Shed
+            | Rejection::UpstreamQueueFull
+            | Rejection::UpstreamQueueTimeout
+            | Rejection::UpstreamUnavailable
+            | Rejection::UpstreamReset
+            | Rejection::Overload
+            | Rejection::Degraded
+            | Rejection::Starting
+            | Rejection::NeedsIntervention => Code::UNAVAILABLE,
+            Rejection::BadRequestBody | Rejection::Internal => Code::INTERNAL,
+            Rejection::ClientGone => Code::CANCELLED,
         }
     }
 
@@ -192,6 +225,15 @@ fn error_body(status: u16, reason: &str) -> String {
 /// breakwater's reply for `rejection` to a request with context `cx`.
 pub fn reply(rejection: Rejection, cx: ReplyCx) -> Response<Body> {
     let (status, reason) = rejection.status_and_reason();
+    if cx.grpc {
+        let mut response = grpc_reply(rejection.grpc_code(), reason);
+        if let Some(seconds) = rejection.retry_after() {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        return response;
+    }
     let body = error_body(status.as_u16(), reason);
     let length = HeaderValue::from(body.len());
     let mut response = Response::new(if cx.head {
@@ -209,6 +251,22 @@ pub fn reply(rejection: Rejection, cx: ReplyCx) -> Response<Body> {
     if let Some(seconds) = rejection.retry_after() {
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
+    response
+}
+
+/// A trailers-only gRPC reply: `code`, with `reason` as `grpc-message`
+/// and `x-breakwater-reason`.
+pub fn grpc_reply(code: Code, reason: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(
+        grpc::GRPC_STATUS.clone(),
+        HeaderValue::from_static(code.label()),
+    );
+    headers.insert(grpc::GRPC_MESSAGE.clone(), HeaderValue::from_static(reason));
+    headers.insert(REASON_HEADER, HeaderValue::from_static(reason));
+    response.body_mut().set_grpc_status(code);
     response
 }
 
@@ -275,7 +333,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_head_request_gets_headers_only() {
-        let response = reply(Rejection::Shed, ReplyCx { head: true });
+        let response = reply(
+            Rejection::Shed,
+            ReplyCx {
+                head: true,
+                grpc: false,
+            },
+        );
         let length: usize = response.headers()[CONTENT_LENGTH]
             .to_str()
             .unwrap()
@@ -284,6 +348,45 @@ mod tests {
         assert!(length > 0);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert!(body.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_grpc_call_gets_a_trailers_only_grpc_status() {
+        let grpc = ReplyCx {
+            head: false,
+            grpc: true,
+        };
+        for (rejection, code, reason) in [
+            (
+                Rejection::BreakerOpen { retry_after: None },
+                "14",
+                "breaker-open",
+            ),
+            (Rejection::Shed, "14", "shed"),
+            (Rejection::Degraded, "14", "degraded"),
+            (Rejection::Overload, "14", "overload"),
+            (Rejection::UpstreamUnavailable, "14", "upstream-unavailable"),
+            (
+                Rejection::RateLimited {
+                    retry_after: Duration::from_secs(1),
+                },
+                "8",
+                "rate-limited",
+            ),
+            (Rejection::Timeout, "4", "timeout"),
+            (Rejection::NoRoute, "12", "no-route"),
+        ] {
+            let response = reply(rejection, grpc);
+            assert_eq!(response.status(), StatusCode::OK);
+            let headers = response.headers();
+            assert_eq!(headers[CONTENT_TYPE], "application/grpc");
+            assert_eq!(headers["grpc-status"], code, "{rejection:?}");
+            assert_eq!(headers["grpc-message"], reason);
+            assert_eq!(headers[REASON_HEADER], reason);
+            assert_eq!(response.body().grpc_status().map(Code::label), Some(code));
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert!(body.is_empty());
+        }
     }
 
     #[tokio::test]

@@ -268,6 +268,7 @@ impl Drop for RequestLog {
             outcome,
             reason: EndReason::Dropped,
             upstream_elapsed: None,
+            grpc_status: None,
         });
     }
 }
@@ -296,6 +297,9 @@ impl RequestLog {
         self.metrics
             .requests(self.status, end.outcome.as_str())
             .inc();
+        if let Some(code) = end.grpc_status {
+            self.metrics.grpc(code).inc();
+        }
         self.metrics.request_duration.observe(seconds);
         if let Some(upstream) = end.upstream_elapsed {
             self.metrics
@@ -310,6 +314,7 @@ impl RequestLog {
             path = self.uri.path(),
             status = self.status.as_u16(),
             outcome = end.outcome.as_str(),
+            grpc_status = end.grpc_status.map(crate::grpc::Code::number),
             duration_ms = millis(seconds),
             upstream_ms = end.upstream_elapsed.map(|d| millis(d.as_secs_f64())),
             client_closed = end.reason == EndReason::Dropped,

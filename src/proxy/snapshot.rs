@@ -347,6 +347,11 @@ impl RoutePlan {
         let breaker_settings = route.circuit_breaker.on().unwrap_or(&defaults);
         let classifier = Arc::new(Classifier {
             failure_statuses: breaker_settings.failure_statuses.clone(),
+            grpc_failure_statuses: breaker_settings
+                .grpc_failure_statuses
+                .iter()
+                .copied()
+                .collect(),
             slow_call_duration: breaker_settings.slow_call_duration,
         });
         let stale = route.stale_if_error.as_ref().map(|settings| {
@@ -376,7 +381,10 @@ impl RoutePlan {
             ))
             .layer(BreakerLayer::new(breaker.clone(), report.clone()))
             .layer(BulkheadLayer::new(bulkhead.clone(), report.clone()))
-            .layer(TimeoutLayer::new(route.timeouts.request))
+            .layer(TimeoutLayer::new(
+                route.timeouts.request,
+                breaker_settings.slow_call_duration,
+            ))
             .layer(RetryLayer::new(
                 retry_plan,
                 report.clone(),

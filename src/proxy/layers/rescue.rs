@@ -6,7 +6,8 @@
 //! 1. the last good answer to the same GET/HEAD, when the route keeps
 //!    them (`stale_if_error`), with `age` and `x-breakwater-degraded: stale`;
 //! 2. the route's `fallback`, if it answers for what went wrong, with
-//!    `x-breakwater-degraded: fallback`;
+//!    `x-breakwater-degraded: fallback` (for a gRPC call, only a fallback
+//!    with a `grpc_status`: an HTTP body is no answer to a gRPC client);
 //! 3. breakwater's own reply for the refusal (`reject::reply`).
 //!
 //! Each carries `x-breakwater-reason` and its outcome in its body, so the
@@ -27,7 +28,9 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use crate::config::policy::GrpcCode;
 use crate::config::{Fallback, FallbackWhen};
+use crate::grpc;
 use crate::proxy::body::Body;
 use crate::proxy::outcome::{CallError, Outcome};
 use crate::proxy::reject::{self, Rejection, ReplyCx, StackError, REASON_HEADER};
@@ -160,18 +163,15 @@ impl RouteRescue {
         reply: ReplyCx,
         stale: Option<Box<StaleCx>>,
     ) -> Response<Body> {
-        if response.body().outcome() == Outcome::Http5xx {
+        let outcome = response.body().outcome();
+        if matches!(outcome, Outcome::Http5xx | Outcome::GrpcError) {
             let kept = stale.and_then(|stale| stale.kept);
             let reason = "upstream-error";
             if let Some(entry) = kept {
-                return self.stale_reply(&entry, reply, reason, Outcome::Http5xx);
+                return self.stale_reply(&entry, reply, reason, outcome);
             }
-            if let Some(fallback) = self
-                .fallback
-                .as_ref()
-                .filter(|fallback| fallback.answers(FallbackWhen::UpstreamFailure))
-            {
-                return self.fallback_reply(fallback, reply, reason, Outcome::Http5xx);
+            if let Some(fallback) = self.fallback_for(FallbackWhen::UpstreamFailure, reply) {
+                return self.fallback_reply(fallback, reply, reason, outcome);
             }
             return response;
         }
@@ -212,7 +212,7 @@ impl RouteRescue {
             if let (Some(entry), true) = (kept, why != FallbackWhen::RateLimited) {
                 return self.stale_reply(&entry, reply, reason, outcome);
             }
-            if let Some(fallback) = self.fallback.as_ref().filter(|f| f.answers(why)) {
+            if let Some(fallback) = self.fallback_for(why, reply) {
                 return self.fallback_reply(fallback, reply, reason, outcome);
             }
         }
@@ -224,6 +224,15 @@ impl RouteRescue {
         response
     }
 
+    /// The route's fallback, if it answers for `why` — and, for a gRPC
+    /// call, has a `grpc_status` to answer with.
+    fn fallback_for(&self, why: FallbackWhen, reply: ReplyCx) -> Option<&Fallback> {
+        self.fallback
+            .as_ref()
+            .filter(|fallback| fallback.answers(why))
+            .filter(|fallback| !reply.grpc || fallback.grpc_status.is_some())
+    }
+
     fn fallback_reply(
         &self,
         fallback: &Fallback,
@@ -232,6 +241,9 @@ impl RouteRescue {
         outcome: Outcome,
     ) -> Response<Body> {
         self.report.degraded("fallback");
+        if let (true, Some(code)) = (reply.grpc, fallback.grpc_status) {
+            return grpc_fallback(fallback, code, reason, outcome);
+        }
         let mut response = Response::new(if reply.head {
             Body::empty()
         } else {
@@ -287,6 +299,44 @@ impl RouteRescue {
     }
 }
 
+/// A gRPC call's fallback: `code` trailers-only, or with `ok` the
+/// fallback's body as the call's one message and `grpc-status: 0` in the
+/// trailers.
+fn grpc_fallback(
+    fallback: &Fallback,
+    code: GrpcCode,
+    reason: &'static str,
+    outcome: Outcome,
+) -> Response<Body> {
+    let mut response = if code == GrpcCode::OK {
+        let mut trailers = HeaderMap::new();
+        trailers.insert(grpc::GRPC_STATUS.clone(), HeaderValue::from_static("0"));
+        let mut response =
+            Response::new(Body::with_trailers(grpc::frame(&fallback.body), trailers));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        response
+    } else {
+        reject::grpc_reply(code, reason)
+    };
+    let headers = response.headers_mut();
+    for (name, value) in &fallback.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    headers.insert(DEGRADED_HEADER, HeaderValue::from_static("fallback"));
+    headers.insert(REASON_HEADER, HeaderValue::from_static(reason));
+    let body = response.body_mut();
+    body.classify(outcome, None);
+    body.set_grpc_status(code);
+    response
+}
+
 /// What a failure is, in the words a fallback answers for; `None` for the
 /// client's own failures, which get no stand-in.
 fn fallback_when(error: StackError) -> Option<FallbackWhen> {
@@ -315,7 +365,10 @@ fn fallback_when(error: StackError) -> Option<FallbackWhen> {
                 FallbackWhen::UpstreamFailure
             }
             CallError::QueueFull | CallError::QueueTimeout => FallbackWhen::Shed,
-            CallError::ClientGone | CallError::ClientMalformed => return None,
+            // The client's own failure or deadline: no stand-in helps.
+            CallError::ClientGone | CallError::ClientMalformed | CallError::Deadline => {
+                return None
+            }
         },
     })
 }

@@ -14,9 +14,12 @@
 //!
 //! [`Balance`] is the service at the bottom of every route stack: one try
 //! per call, within the route's `per_try` timeout. It classifies the try
-//! once — by status and the try's own time to response headers — and
+//! once — by status (a gRPC call by its `grpc-status`, now or when its
+//! trailers come) and the try's own time to response headers — and
 //! hands the response body a [`TryRecord`] so the try is counted when the
-//! body ends; a try without a response is counted at once. When the
+//! body ends; a try without a response is counted at once. A gRPC call
+//! with a deadline tells the upstream, in its `grpc-timeout`, the time the
+//! client has left at the moment this try goes out. When the
 //! client broke its own request body, the try ends as the client's
 //! failure, which nothing counts against the endpoint.
 
@@ -39,10 +42,12 @@ use super::passive::{PassiveHealth, TryRecord};
 use super::retry::TryContext;
 use crate::config::Upstream;
 use crate::events::EventBus;
+use crate::grpc;
 use crate::policy::outlier::{OutlierConfig, OutlierDetector};
 use crate::proxy::body::Body;
 use crate::proxy::gate::UpstreamGate;
-use crate::proxy::outcome::{CallError, Classifier};
+use crate::proxy::layers::timeout::Deadline;
+use crate::proxy::outcome::{CallError, Classifier, GrpcHead};
 use crate::proxy::reject::StackError;
 use crate::proxy::report::RouteReport;
 
@@ -308,6 +313,15 @@ async fn try_once(
     if let Some(context) = &context {
         context.set_last_endpoint(index);
     }
+    if let Some(deadline) = request.extensions().get::<Deadline>().copied() {
+        let remaining = deadline.remaining(start);
+        if remaining.is_zero() {
+            return Err(StackError::Upstream(deadline.expired));
+        }
+        request
+            .headers_mut()
+            .insert(grpc::GRPC_TIMEOUT.clone(), grpc::encode_timeout(remaining));
+    }
     let client = request.body_mut().watch_client();
     let sent = pool.send(index, request);
     let result = match per_try {
@@ -320,9 +334,14 @@ async fn try_once(
     let elapsed = end.saturating_duration_since(start);
     match result {
         Ok(mut response) => {
-            let outcome = classifier.response(response.status().as_u16(), elapsed);
+            let (outcome, grpc) = classifier.head(response.status(), response.headers(), elapsed);
             let body = response.body_mut();
             body.classify(outcome, Some(elapsed));
+            match grpc {
+                GrpcHead::None => {}
+                GrpcHead::Ended(code) => body.set_grpc_status(code),
+                GrpcHead::Pending(failures) => body.await_grpc_status(failures),
+            }
             body.record_try(TryRecord::new(pool.health.clone(), index));
             if let Some(client) = client {
                 body.watch_request(client);

@@ -1,5 +1,6 @@
-//! Active health checks (the upstream's `health_check:`): HTTP, TCP or an
-//! exec command, per endpoint, every `interval`.
+//! Active health checks (the upstream's `health_check:`): HTTP, TCP, an
+//! exec command or the standard gRPC health check, per endpoint, every
+//! `interval`.
 //!
 //! Each endpoint gets one task. It probes, feeds the result to a
 //! `policy::health::HealthTracker` (thresholds, no I/O), and on a change
@@ -12,10 +13,14 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use http::Request;
+
 use super::balance::UpstreamPool;
 use crate::config::policy::{HealthCheck, Probe};
 use crate::events::{EventBus, Severity};
+use crate::grpc;
 use crate::policy::health::{HealthChange, HealthTracker};
+use crate::proxy::body::Body;
 
 /// Starts the checks of `pool`, if it has a `health_check` and a runtime
 /// is running.
@@ -108,7 +113,53 @@ async fn probe(pool: &UpstreamPool, index: usize, check: &HealthCheck) -> bool {
                 .kill_on_drop(true);
             matches!(tokio::time::timeout(check.timeout, child.status()).await, Ok(Ok(status)) if status.success())
         }
+        Probe::Grpc { service } => {
+            tokio::time::timeout(check.timeout, grpc_probe(pool, index, service))
+                .await
+                .unwrap_or(false)
+        }
     }
+}
+
+/// Largest health check answer read: the message is a few bytes.
+const MAX_GRPC_PROBE_BYTES: usize = 4096;
+
+/// `grpc.health.v1.Health/Check` for `service`: passes on `SERVING` with
+/// `grpc-status: 0`; anything else, or an error, fails.
+async fn grpc_probe(pool: &UpstreamPool, index: usize, service: &str) -> bool {
+    use http::header::{HeaderValue, CONTENT_TYPE, HOST, TE};
+    use http_body_util::{BodyExt, Limited};
+
+    let mut request = Request::new(Body::full(grpc::health_check_request(service)));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = http::Uri::from_static(grpc::HEALTH_CHECK_PATH);
+    *request.version_mut() = http::Version::HTTP_2;
+    let headers = request.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(TE, HeaderValue::from_static("trailers"));
+    if let Some(endpoint) = pool.endpoint(index) {
+        if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
+            headers.insert(HOST, host);
+        }
+    }
+    let Ok(response) = pool.send(index, request).await else {
+        return false;
+    };
+    if response.status() != http::StatusCode::OK || !grpc::is_grpc(response.headers()) {
+        return false;
+    }
+    if grpc::status(response.headers()).is_some() {
+        // Trailers-only: an error, or an OK without the message.
+        return false;
+    }
+    let Ok(collected) = Limited::new(response.into_body(), MAX_GRPC_PROBE_BYTES)
+        .collect()
+        .await
+    else {
+        return false;
+    };
+    let status = collected.trailers().and_then(grpc::status);
+    status == Some(grpc::Code::OK) && grpc::health_check_serving(&collected.to_bytes())
 }
 
 async fn within_http(

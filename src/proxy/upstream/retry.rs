@@ -5,10 +5,14 @@
 //! nothing was sent), attempts remain, and the route's retry budget has
 //! room — then after a full-jitter backoff, on another endpoint when one
 //! is available (the try below reads the [`TryContext`] this layer puts on
-//! each retried request). A request body is replayed only if it is empty
-//! or at most [`MAX_REPLAY_BYTES`] with a declared length; a larger or
-//! streamed body gets exactly one try. The client's own failure is never
-//! retried.
+//! each retried request). A request body is replayed only if it is at
+//! most [`MAX_REPLAY_BYTES`]: one with a declared length is read before
+//! the first try; one of unknown length (HTTP/2, chunked — every gRPC
+//! call) streams to the first try while a copy is kept, and goes again
+//! only if that try read it whole within the limit. A larger or unfinished
+//! body gets exactly one try, so a streaming call is never held back
+//! waiting for a body that is still coming. The client's own failure is
+//! never retried.
 //!
 //! Routes without retries (`attempts: 1`) pass straight through, with no
 //! allocation; so do routes whose priority the degradation level has told
@@ -32,8 +36,9 @@ use crate::policy::backoff::Backoff;
 use crate::policy::degradation::Priority;
 use crate::policy::retry::{may_retry, RetryOn, TryOutcome};
 use crate::policy::retry_budget::RetryBudget;
-use crate::proxy::body::Body;
+use crate::proxy::body::{Body, Recording};
 use crate::proxy::layers::admission::DegradationState;
+use crate::proxy::layers::timeout::Deadline;
 use crate::proxy::outcome::{CallError, Outcome};
 use crate::proxy::reject::StackError;
 use crate::proxy::report::RouteReport;
@@ -207,32 +212,55 @@ where
 {
     plan.budget.record_request(Instant::now());
     let (parts, body) = request.into_parts();
-    let replay = match replayable(body).await {
-        Replay::Bytes(bytes) => bytes,
+    // The body every try after the first sends: known up front for a small
+    // declared body, or once the first try has streamed a small one.
+    let (mut replay, mut first, recording) = match replayable(body).await {
+        Replay::Bytes(bytes) => (Some(bytes), None, None),
+        Replay::Streamed(body, recording) => (None, Some(body), Some(recording)),
         Replay::Once(body) => return inner.oneshot(Request::from_parts(parts, body)).await,
         Replay::ClientFailed(error) => return Err(StackError::Upstream(error)),
     };
     let idempotent = is_idempotent(&parts.method);
+    let deadline = parts.extensions.get::<Deadline>().copied();
     let context = TryContext::new();
     let mut attempt = 1;
     loop {
-        let mut request = Request::new(Body::full(replay.clone()));
+        let body = match (first.take(), &replay) {
+            (Some(body), _) => body,
+            (None, Some(bytes)) => Body::full(bytes.clone()),
+            (None, None) => Body::empty(),
+        };
+        let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = parts.uri.clone();
         *request.version_mut() = parts.version;
         *request.headers_mut() = parts.headers.clone();
         request.extensions_mut().insert(context.clone());
+        if let Some(deadline) = deadline {
+            request.extensions_mut().insert(deadline);
+        }
         let result = inner.clone().oneshot(request).await;
         let outcome = match &result {
-            Ok(response) => TryOutcome::Status {
-                code: response.status().as_u16(),
-                is_failure: response.body().outcome() == Outcome::Http5xx,
+            Ok(response) => match response.body().grpc_status() {
+                Some(code) => TryOutcome::Grpc(code),
+                None => TryOutcome::Status {
+                    code: response.status().as_u16(),
+                    is_failure: response.body().outcome() == Outcome::Http5xx,
+                },
             },
             Err(StackError::Upstream(error)) if !error.is_local() => try_outcome(*error),
             Err(_) => return result,
         };
         if attempt >= plan.attempts || !may_retry(outcome, idempotent, &plan.retry_on) {
             return result;
+        }
+        if replay.is_none() {
+            // A streamed body goes again only if the first try read it
+            // whole and it was small.
+            match recording.as_ref().and_then(|recording| recording.whole()) {
+                Some(bytes) => replay = Some(bytes),
+                None => return result,
+            }
         }
         if !plan.budget.try_withdraw(Instant::now()) {
             report.budget_exhausted.inc();
@@ -256,7 +284,8 @@ fn try_outcome(error: CallError) -> TryOutcome {
         CallError::ClientGone
         | CallError::ClientMalformed
         | CallError::QueueFull
-        | CallError::QueueTimeout => TryOutcome::Reset,
+        | CallError::QueueTimeout
+        | CallError::Deadline => TryOutcome::Reset,
     }
 }
 
@@ -264,7 +293,10 @@ fn try_outcome(error: CallError) -> TryOutcome {
 enum Replay {
     /// Held whole: every try sends these bytes.
     Bytes(Bytes),
-    /// Too large, or streamed: one try, with the body as it is.
+    /// Of unknown length (HTTP/2, chunked): streamed to the first try
+    /// while a copy of at most [`MAX_REPLAY_BYTES`] is kept for the next.
+    Streamed(Body, Arc<Recording>),
+    /// Declared too large: one try, with the body as it is.
     Once(Body),
     /// The client broke its body while it was being read.
     ClientFailed(CallError),
@@ -287,7 +319,11 @@ async fn replayable(mut body: Body) -> Replay {
                 ),
             }
         }
-        _ => Replay::Once(body),
+        Some(_) => Replay::Once(body),
+        None => {
+            let recording = Recording::new(MAX_REPLAY_BYTES);
+            Replay::Streamed(Body::recorded(body, recording.clone()), recording)
+        }
     }
 }
 
@@ -316,6 +352,8 @@ mod tests {
         assert!(matches!(replayable(Body::full("abc")).await, Replay::Bytes(b) if b == "abc"));
         let big = Body::full(vec![0u8; MAX_REPLAY_BYTES as usize + 1]);
         assert!(matches!(replayable(big).await, Replay::Once(_)));
+        let streamed = Body::with_trailers(Bytes::from_static(b"x"), http::HeaderMap::new());
+        assert!(matches!(replayable(streamed).await, Replay::Streamed(..)));
     }
 
     #[test]
