@@ -7,11 +7,17 @@ use anyhow::Context;
 use breakwater::cli::{CheckArgs, Cli, Command, RunArgs};
 use breakwater::config;
 use breakwater::reload::ConfigSource;
+use breakwater::telemetry::Style;
 use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    breakwater::telemetry::init(cli.log_format);
+    // The demo's terminal is for the tour: short lines, no access log.
+    let style = match cli.command {
+        Command::Demo => Style::Demo,
+        _ => Style::Standard,
+    };
+    breakwater::telemetry::init(cli.log_format, style);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(error) => {
