@@ -8,7 +8,7 @@ use breakwater::cli::{CheckArgs, Cli, Command, RunArgs};
 use breakwater::config;
 use breakwater::reload::ConfigSource;
 use breakwater::telemetry::Style;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -42,6 +42,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Sim(args) => {
             runtime(None)?.block_on(breakwater::sim::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "breakwater", &mut script);
+            print_out(&String::from_utf8_lossy(&script))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .context("cannot render the manual page")?;
+            print_out(&String::from_utf8_lossy(&page))?;
             Ok(ExitCode::SUCCESS)
         }
     }
