@@ -160,6 +160,12 @@ impl Supervisor {
         let settings = settings_of(config)?;
         let upstream = upstream_of(config)?;
         let gate = plane.gates.get(&upstream);
+        // Down until it first serves, and scraped as such from the start.
+        plane
+            .metrics
+            .upstream_up
+            .with_label_values(&[&upstream])
+            .set(0);
         let (commands, receiver) = mpsc::unbounded_channel();
         let (done_tx, done) = watch::channel(false);
         let supervisor = Arc::new(Supervisor {
