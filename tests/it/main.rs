@@ -9,6 +9,7 @@ mod admin;
 mod capacity;
 mod cli;
 mod events;
+mod first_hour;
 mod hardening;
 mod lifecycle;
 mod policies;
