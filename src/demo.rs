@@ -3,8 +3,8 @@
 //! Runs `breakwater sim` as the supervised upstream process behind the proxy
 //! with `config/demo.yaml` (embedded), waits until the sim serves, prints
 //! what to try — including how to crash the upstream and watch the
-//! supervisor bring it back — and serves until Ctrl-C, which drains, stops
-//! the child and exits.
+//! supervisor bring it back — and serves until Ctrl-C (or its terminal
+//! closes), which drains, stops the child and exits.
 //!
 //! The screen is the interface here: every line printed fits 80 columns,
 //! every command is one line to copy, each step says what it leaves
@@ -17,6 +17,7 @@ use std::time::Duration;
 use crate::config::{self, Overrides};
 use crate::proxy::gate::Readiness;
 use crate::reload::ConfigSource;
+use crate::run::RunError;
 
 /// The demo config, embedded so the demo runs from any directory.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
@@ -38,7 +39,7 @@ pub enum DemoError {
     SimPort(#[source] std::io::Error),
     /// The proxy failed to start.
     #[error(transparent)]
-    Run(#[from] crate::run::RunError),
+    Run(#[from] RunError),
 }
 
 /// Runs the demo until Ctrl-C.
@@ -52,6 +53,8 @@ pub async fn run() -> Result<(), DemoError> {
         "sim",
         "--listen",
         SIM_ADDRESS,
+        "--name",
+        "demo",
         "--latency",
         "20ms",
     ]
@@ -70,13 +73,20 @@ pub async fn run() -> Result<(), DemoError> {
         .unwrap_or_default();
     let admin = config.admin.listen.to_string();
     let running = crate::run::start(config, ConfigSource::Embedded, overrides).await?;
-    // The start-up lines first, the steps last: they stay on screen.
+    // The start-up lines first, the steps last: they stay on screen. The
+    // sim serves once it accepts connections and the supervisor has seen
+    // it do so (the gate says ready; before the first start it says so
+    // too, hence the connect).
     let ready = tokio::time::timeout(SIM_READY_WAIT, async {
-        while running
-            .supervisors
-            .get()
-            .is_some_and(|supervisor| supervisor.readiness() != Readiness::Ready)
-        {
+        loop {
+            let accepts = tokio::net::TcpStream::connect(SIM_ADDRESS).await.is_ok();
+            let ready = running
+                .supervisors
+                .get()
+                .is_none_or(|supervisor| supervisor.readiness() == Readiness::Ready);
+            if accepts && ready {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -85,7 +95,20 @@ pub async fn run() -> Result<(), DemoError> {
         tracing::warn!("The sim is not serving yet; the steps may answer 503 starting.");
     }
     println!("{}", screen(&proxy, &admin));
-    Ok(running.until_signal().await?)
+    // Closing the terminal (SIGHUP) ends the demo too: a demo left running
+    // without its terminal would keep the fixed ports for the next one.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = hup.recv() => "SIGHUP",
+    };
+    tracing::info!(signal = name, "Stopping the demo.");
+    running.drain().await;
+    Ok(())
 }
 
 /// What the demo prints: addresses, then the steps, each with what it
@@ -106,7 +129,7 @@ From another terminal, one step at a time (the log here shows the rest):
    curl -X POST {sim}/__sim/config -d '{{\"hang\":true}}'
    curl -i {proxy}/api
    curl -X POST {sim}/__sim/reset
-3. The sim fails: after 5 503s the breaker opens and breakwater answers
+3. The sim answers 503: after five the breaker opens, and breakwater answers
    503 breaker-open itself. Reset the sim, then close the breaker.
    curl -X POST {sim}/__sim/config -d '{{\"status\":503}}'
    for i in 1 2 3 4 5 6; do curl -s {proxy}/; done

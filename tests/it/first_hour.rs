@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{bin, client, eventually, free_port, proxy, Process, SIGINT};
+use crate::support::{bin, client, eventually, free_port, proxy, Process, SIGHUP};
 
 fn run(args: &[&str]) -> (bool, String, String) {
     let output = Command::new(bin()).args(args).output().unwrap();
@@ -269,7 +269,15 @@ async fn the_demo_fits_a_terminal_and_names_the_sim() {
     for line in log.lines() {
         assert!(!line.contains("breakwater::"), "a target in: {line}");
     }
-    demo.signal(SIGINT);
+    // Closing its terminal stops the demo (and its sim) like Ctrl-C: the
+    // fixed ports are free for the next one.
+    demo.signal(SIGHUP);
     let status = demo.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "{status}");
+    for port in DEMO_PORTS {
+        assert!(
+            TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} still taken after the demo stopped"
+        );
+    }
 }
