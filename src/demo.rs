@@ -131,7 +131,7 @@ From another terminal, one step at a time (the log here shows the rest):
    curl -X POST {sim}/__sim/reset
 3. The sim answers 503: after five the breaker opens, and breakwater answers
    503 breaker-open itself. Reset the sim, then close the breaker.
-   curl -X POST {sim}/__sim/config -d '{{\"status\":503}}'
+   curl -X POST {sim}/__sim/config -d '{{\"status\":503,\"body\":\"503\\n\"}}'
    for i in 1 2 3 4 5 6; do curl -s {proxy}/; done
    curl -X POST {sim}/__sim/reset
    curl -X POST {admin}/breakers/reset
