@@ -1,4 +1,6 @@
 //! Command-line interface (SPEC §1). Parsing only; `main` dispatches.
+//!
+//! `--help` is what users read: it names no internal document.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,9 +10,23 @@ use clap::{Parser, Subcommand};
 use crate::config::Overrides;
 use crate::telemetry::LogFormat;
 
+/// What `--version` prints after the name: the version, the git commit it
+/// was built from (`unknown` without git) and the build date (build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BREAKWATER_COMMIT"),
+    ", built ",
+    env!("BREAKWATER_BUILD_DATE"),
+    ")"
+);
+
+/// The git commit breakwater was built from, or `unknown`.
+pub const COMMIT: &str = env!("BREAKWATER_COMMIT");
+
 /// breakwater: a sidecar resilience proxy.
 #[derive(Debug, Parser)]
-#[command(name = "breakwater", version, about, long_about = None)]
+#[command(name = "breakwater", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
@@ -23,7 +39,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy (with no --config: the embedded default, SPEC §8.3).
+    /// Run the proxy (with no --config: the embedded default, which
+    /// `breakwater check` prints).
     Run(RunArgs),
     /// Validate a config and print the effective config, or every error.
     ///
@@ -39,9 +56,28 @@ pub enum Command {
     /// reference in prose.
     Schema,
     /// One-command tour: a sim upstream behind the proxy, and what to try.
+    ///
+    /// Uses the fixed ports 127.0.0.1:15006 (proxy), 15000 (admin) and
+    /// 18080 (the sim). The per-request access log is off unless RUST_LOG
+    /// is set, so the instructions stay on screen.
     Demo,
     /// A small controllable upstream for demos, tests and benches.
     Sim(crate::sim::SimArgs),
+    /// Print shell completions to stdout.
+    ///
+    /// bash: `breakwater completions bash > ~/.local/share/bash-completion/completions/breakwater`;
+    /// zsh: into a directory on `$fpath` as `_breakwater`; fish:
+    /// `breakwater completions fish > ~/.config/fish/completions/breakwater.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout.
+    ///
+    /// `breakwater man > breakwater.1 && man ./breakwater.1`, or install it
+    /// under a `man1` directory on your MANPATH.
+    Man,
 }
 
 /// `breakwater run` flags; each overrides the config file.

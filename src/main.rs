@@ -7,11 +7,17 @@ use anyhow::Context;
 use breakwater::cli::{CheckArgs, Cli, Command, RunArgs};
 use breakwater::config;
 use breakwater::reload::ConfigSource;
-use clap::Parser;
+use breakwater::telemetry::Style;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    breakwater::telemetry::init(cli.log_format);
+    // The demo's terminal is for the tour: short lines, no access log.
+    let style = match cli.command {
+        Command::Demo => Style::Demo,
+        _ => Style::Standard,
+    };
+    breakwater::telemetry::init(cli.log_format, style);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(error) => {
@@ -36,6 +42,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Sim(args) => {
             runtime(None)?.block_on(breakwater::sim::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "breakwater", &mut script);
+            print_out(&String::from_utf8_lossy(&script))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .context("cannot render the manual page")?;
+            print_out(&String::from_utf8_lossy(&page))?;
             Ok(ExitCode::SUCCESS)
         }
     }

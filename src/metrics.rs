@@ -4,7 +4,17 @@
 //! request data — so the series count is bounded by the config. Hot-path
 //! handles that depend only on the route are resolved once per snapshot
 //! ([`RouteMetrics`]), so a request does no label lookup for them.
+//!
+//! Every series whose labels are known in advance is exported at zero
+//! before its first event, so a dashboard or an alert (`increase(…) > 0`)
+//! sees it from the start: the fixed sets ([`known`]) when the registry
+//! is made, the config's routes, listeners and upstreams when a snapshot
+//! is built ([`Metrics::prime`]). A `requests_total` series is primed for
+//! each answer breakwater makes itself (status and outcome both fixed);
+//! the upstream's own statuses appear when they happen. The registry also
+//! holds `breakwater_build_info` and the standard `process_*` collector.
 
+use crate::config::{Config, Protocol, Route};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -14,6 +24,92 @@ use prometheus::{
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// The fixed label values of each family, exported at zero from start-up.
+/// Keep each list in step with the code that counts it (named per list).
+pub mod known {
+    /// `config_reloads_total{result}` (`reload.rs`).
+    pub const RELOAD_RESULTS: &[&str] = &["success", "error"];
+    /// `events_total{kind}`: every kind an event is emitted with.
+    pub const EVENT_KINDS: &[&str] = &[
+        "breaker",
+        "ejection",
+        "health",
+        "overload",
+        "config_reload",
+        "config_reload_failed",
+        "process_start",
+        "process_start_failed",
+        "process_ready",
+        "process_exit",
+        "process_restart",
+        "process_stop",
+        "startup_timeout",
+        "recovery",
+        "recovery_reset",
+        "failover",
+        "failback",
+        "escalation",
+        "degradation",
+    ];
+    /// `supervisor_restarts_total{reason}`: an exit or a signal, an
+    /// operator, a new process spec, or the trigger that climbed the
+    /// ladder to a restart (`supervisor/mod.rs`).
+    pub const RESTART_REASONS: &[&str] = &[
+        "exit",
+        "signal",
+        "admin",
+        "config",
+        "startup_timeout",
+        "log_pattern",
+        "memory_limit",
+        "health_check",
+        "error_rate",
+        "breaker_open",
+    ];
+    /// `recovery_attempts_total{action,result}`: each ladder action with
+    /// the results it can have (`supervisor/mod.rs`, `Task::act`).
+    pub const RECOVERY_RESULTS: &[(&str, &[&str])] = &[
+        ("restart", &["started"]),
+        ("failover", &["ok", "no_backup"]),
+        (
+            "exec",
+            &["ok", "failed", "not_started", "timeout", "no_command"],
+        ),
+        ("escalate", &["escalated"]),
+    ];
+    /// `circuit_breaker_transitions_total{to}` (`policy::breaker`).
+    pub const BREAKER_STATES: &[&str] = &[
+        "closed",
+        "open",
+        "half_open",
+        "forced_open",
+        "forced_closed",
+    ];
+    /// `shed_total{reason}` from the bulkhead (`policy::bulkhead::Shed`).
+    pub const BULKHEAD_SHEDS: &[&str] = &["full", "queue_timeout"];
+    /// `shed_total{reason}` from the upstream's connection queue
+    /// (`proxy/upstream/balance.rs`), on every route.
+    pub const QUEUE_SHEDS: &[&str] = &["upstream_queue_full", "upstream_queue_timeout"];
+    /// `requests_total{code,outcome}` of the answers breakwater makes
+    /// itself on any route (`proxy/reject.rs`, `layers/rescue.rs`): 503
+    /// refusals (breaker, bulkhead, overload, starting, queues), failed
+    /// calls, the client's own failures, a caught panic.
+    pub const OWN_ANSWERS: &[(&str, &str)] = &[
+        ("503", "rejected"),
+        ("502", "connect_error"),
+        ("502", "connect_timeout"),
+        ("504", "timeout"),
+        ("502", "reset"),
+        ("400", "client_error"),
+        ("499", "cancelled"),
+        ("500", "rejected"),
+    ];
+    /// The rate limit's answer, on routes that have one.
+    pub const RATE_LIMITED: (&str, &str) = ("429", "rejected");
+    /// The answer to a request no route takes, counted under route `""`.
+    pub const NO_ROUTE: (&str, &str) = ("404", "rejected");
+}
 
 /// The registry and every family in it.
 pub struct Metrics {
@@ -81,6 +177,8 @@ pub struct Metrics {
     /// the `grpc-status` (`0`…`16`) their client got, breakwater's own
     /// replies included.
     pub grpc_responses_total: IntCounterVec,
+    /// `breakwater_build_info{version,commit}`: always 1.
+    pub build_info: IntGaugeVec,
 }
 
 /// Handles for one route, resolved when a snapshot is built.
@@ -306,10 +404,39 @@ impl Metrics {
             "1 when an endpoint takes traffic (healthy and not ejected).",
             &["upstream", "endpoint"],
         )?;
+        let build_info = gauge(
+            "build_info",
+            "Always 1; the labels say which build this is.",
+            &["version", "commit"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::cli::COMMIT])
+            .set(1);
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        for result in known::RELOAD_RESULTS {
+            config_reloads_total.with_label_values(&[result]);
+        }
+        for kind in known::EVENT_KINDS {
+            events_total.with_label_values(&[kind]);
+        }
+        for reason in known::RESTART_REASONS {
+            supervisor_restarts.with_label_values(&[reason]);
+        }
+        for (action, results) in known::RECOVERY_RESULTS {
+            recovery_duration.with_label_values(&[action]);
+            for result in *results {
+                recovery_attempts.with_label_values(&[action, result]);
+            }
+        }
+        let (code, outcome) = known::NO_ROUTE;
+        requests_total.with_label_values(&["", code, outcome]);
         Ok(Metrics {
             bulkhead_limit,
             degraded_total,
             degradation_level,
+            build_info,
             upstream_connections,
             upstream_pending,
             panics_total,
@@ -348,6 +475,70 @@ impl Metrics {
             requests_total: self.requests_total.clone(),
             grpc_responses_total: self.grpc_responses_total.clone(),
         }
+    }
+
+    /// Exports at zero every series `config` can produce, before its first
+    /// event: per route its own answers, sheds, breaker transitions and
+    /// policy gauges (for the policies it has), per listener its open
+    /// connections. Called whenever a snapshot is built.
+    pub fn prime(&self, config: &Config) {
+        for listener in &config.listeners {
+            self.downstream_connections
+                .with_label_values(&[&listener.name]);
+            for route in &listener.routes {
+                self.prime_route(route);
+                // A route to an HTTP/2 upstream may carry gRPC calls.
+                let grpc = config.upstreams.iter().any(|upstream| {
+                    upstream.name == route.upstream && upstream.protocol != Protocol::Http1
+                });
+                if grpc {
+                    for code in crate::grpc::Code::all() {
+                        self.grpc_responses_total
+                            .with_label_values(&[&route.name, code.label()]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn prime_route(&self, route: &Route) {
+        let name = route.name.as_str();
+        let mut answers = known::OWN_ANSWERS.to_vec();
+        let mut sheds = known::QUEUE_SHEDS.to_vec();
+        if route.rate_limit.is_some() {
+            answers.push(known::RATE_LIMITED);
+            sheds.push("rate_limited");
+        }
+        for (code, outcome) in answers {
+            self.requests_total
+                .with_label_values(&[name, code, outcome]);
+        }
+        if route.circuit_breaker.on().is_some() {
+            sheds.push("breaker_open");
+            self.breaker_state.with_label_values(&[name]);
+            for to in known::BREAKER_STATES {
+                self.breaker_transitions.with_label_values(&[name, to]);
+            }
+        }
+        if route.bulkhead.on().is_some() {
+            sheds.extend_from_slice(known::BULKHEAD_SHEDS);
+            self.bulkhead_in_flight.with_label_values(&[name]);
+            self.bulkhead_queued.with_label_values(&[name]);
+            self.bulkhead_limit.with_label_values(&[name]);
+        }
+        self.degraded_total.with_label_values(&[name, "level"]);
+        if route.fallback.is_some() {
+            self.degraded_total.with_label_values(&[name, "fallback"]);
+        }
+        if route.stale_if_error.is_some() {
+            self.degraded_total.with_label_values(&[name, "stale"]);
+        }
+        for reason in sheds {
+            self.shed_total.with_label_values(&[name, reason]);
+        }
+        self.retries_total.with_label_values(&[name]);
+        self.request_duration.with_label_values(&[name]);
+        self.upstream_duration.with_label_values(&[name]);
     }
 
     /// Everything in the Prometheus text format.

@@ -191,7 +191,10 @@ impl Reloader {
             "config_reload_failed",
             &self.source.name(),
             Severity::Warning,
-            &format!("via {trigger}; still serving version {version}: {error}"),
+            &format!(
+                "via {trigger}; still serving version {version}: {}",
+                one_line(&error)
+            ),
         );
         error
     }
@@ -203,7 +206,7 @@ impl Reloader {
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
                 if let Err(error) = on_signal.reload("sighup").await {
-                    tracing::error!(%error, "Reload on SIGHUP refused; the previous config keeps serving.");
+                    tracing::error!(error = %one_line(&error), "Reload on SIGHUP refused; the previous config keeps serving.");
                 }
             }
         });
@@ -234,7 +237,7 @@ impl Reloader {
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    tracing::error!(%error, "Changed config file refused; the previous config keeps serving.")
+                    tracing::error!(error = %one_line(&error), "Changed config file refused; the previous config keeps serving.")
                 }
             }
         }
@@ -306,4 +309,17 @@ async fn fingerprint(path: &Path) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     bytes.hash(&mut hasher);
     Some(hasher.finish())
+}
+
+/// A refused config's errors on one line, for an event: the log and a
+/// webhook show one line per event.
+fn one_line(error: &ConfigError) -> String {
+    let issues: Vec<String> = error.issues.iter().map(ToString::to_string).collect();
+    format!(
+        "{}: {} error{}: {}",
+        error.source_name,
+        issues.len(),
+        if issues.len() == 1 { "" } else { "s" },
+        issues.join("; ")
+    )
 }

@@ -26,10 +26,14 @@ use crate::reload::{ConfigSource, Reloader};
 use crate::supervisor::Supervisors;
 
 /// Why breakwater could not start.
+///
+/// Each message says what failed; its cause is the error's `source`, which
+/// `main` prints after it (`cannot listen on …: Address already in use`),
+/// so the message never repeats it.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// A listen address is taken or not allowed.
-    #[error("cannot listen on {address} ({what}): {source}")]
+    #[error("cannot listen on {address} ({what})")]
     Bind {
         /// `admin` or the listener name.
         what: String,
@@ -39,14 +43,14 @@ pub enum RunError {
         source: std::io::Error,
     },
     /// Metrics could not be registered (a bug).
-    #[error("metrics: {0}")]
+    #[error("cannot register the metrics")]
     Metrics(#[from] prometheus::Error),
     /// The config could not be compiled for the data plane.
-    #[error("config: {0}")]
+    #[error("the config cannot be served")]
     Snapshot(#[from] SnapshotError),
     /// Installing a signal handler failed.
-    #[error("signal handler: {0}")]
-    Signal(std::io::Error),
+    #[error("cannot install the signal handlers")]
+    Signal(#[source] std::io::Error),
 }
 
 /// A started proxy: sockets bound, serving.

@@ -170,7 +170,7 @@ pub struct SimArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     /// The listen address could not be bound (in use, not permitted, not resolvable).
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The `--listen` address as given.
         addr: String,
@@ -179,10 +179,10 @@ pub enum SimError {
         source: std::io::Error,
     },
     /// The bound socket did not report its local address.
-    #[error("cannot read the local address of the listener: {0}")]
+    #[error("cannot read the local address of the listener")]
     LocalAddr(#[source] std::io::Error),
     /// The SIGTERM/SIGINT handlers could not be installed.
-    #[error("cannot install signal handlers: {0}")]
+    #[error("cannot install signal handlers")]
     Signal(#[source] std::io::Error),
     /// `--name` cannot be sent in an HTTP header.
     #[error("--name {0:?} cannot be used as an HTTP header value")]
@@ -478,7 +478,7 @@ impl SimState {
             "requests": self.requests.load(Relaxed),
             "in_flight": self.in_flight.load(Relaxed),
             "memory_mib": self.leaked_mib.load(Relaxed),
-            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "uptime_seconds": (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
             "last_request": last,
         })
     }

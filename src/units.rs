@@ -67,6 +67,31 @@ pub fn format_duration(duration: Duration) -> String {
     format!("{}us", nanos / 1_000)
 }
 
+/// Formats a duration for people, rounded to what a reader can use: whole
+/// milliseconds under a second (`268ms`, not `267928us`), tenths of a
+/// second under a minute (`1.5s`), whole seconds above (`2m`, `90s`).
+pub fn format_duration_rounded(duration: Duration) -> String {
+    let millis = duration.as_secs_f64() * 1000.0;
+    if millis < 1000.0 {
+        let whole = millis.round() as u64;
+        if whole == 0 && !duration.is_zero() {
+            return "<1ms".to_owned();
+        }
+        // 999.6ms rounds up to a whole second.
+        if whole < 1000 {
+            return format!("{whole}ms");
+        }
+    }
+    if millis < 60_000.0 {
+        let tenths = (millis / 100.0).round() as u64;
+        if tenths % 10 == 0 {
+            return format!("{}s", tenths / 10);
+        }
+        return format!("{}.{}s", tenths / 10, tenths % 10);
+    }
+    format_duration(Duration::from_secs(duration.as_secs_f64().round() as u64))
+}
+
 /// Parses a byte size such as `512MiB`, `64KiB`, `1GB`, `1024` (bytes).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -142,5 +167,22 @@ mod tests {
         assert!(parse_size("99999999999GiB").is_err());
         assert_eq!(format_size(60 * 1024), "60KiB");
         assert_eq!(format_size(100), "100B");
+    }
+
+    #[test]
+    fn rounded_durations_read_well() {
+        for (duration, text) in [
+            (Duration::from_micros(267_928), "268ms"),
+            (Duration::from_millis(50), "50ms"),
+            (Duration::from_micros(300), "<1ms"),
+            (Duration::ZERO, "0ms"),
+            (Duration::from_micros(999_700), "1s"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_millis(22_178), "22.2s"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_millis(90_400), "90s"),
+        ] {
+            assert_eq!(format_duration_rounded(duration), text);
+        }
     }
 }

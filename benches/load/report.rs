@@ -678,7 +678,7 @@ pub fn markdown(results: &Results, chart_file: &str) -> String {
 /// SPEC §10's budgets beside this run's figures.
 fn spec_section(medians: &Medians<'_>, results: &Results) -> String {
     let settings = &results.settings;
-    let mut table = Table::new(&["SPEC §10 budget", "measured this run", "verdict"]);
+    let mut table = Table::new(&["budget", "measured this run", "verdict"]);
     let verdict = |ok: Option<bool>| match ok {
         Some(true) => "within".to_owned(),
         Some(false) => "**over**".to_owned(),
@@ -792,7 +792,7 @@ fn spec_section(medians: &Medians<'_>, results: &Results) -> String {
         "not in this table".into(),
     ]);
     format!(
-        "### SPEC §10 budgets against this run\n\nReported, not asserted. \"Added\" is the target's median percentile minus direct's; \
+        "### Performance budgets against this run\n\nReported, not asserted. \"Added\" is the target's median percentile minus direct's; \
          within 5 µs counts as equal.\n\n{}\n",
         table.render()
     )

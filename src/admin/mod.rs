@@ -407,14 +407,14 @@ fn act_on_upstream(state: &Admin, name: &str, action: &str) -> Response<Body> {
             .collect();
         return json_response(
             StatusCode::NOT_FOUND,
-            &json!({"error": format!("no upstream named {name:?}"), "upstreams": known}),
+            &json!({"error": format!("no upstream named '{name}'"), "upstreams": known}),
         );
     };
     let events = &state.plane.events;
     match action {
         "failover" if pool.backup().is_empty() => json_response(
             StatusCode::CONFLICT,
-            &json!({"error": format!("upstream {name:?} has no backup endpoints")}),
+            &json!({"error": format!("upstream '{name}' has no backup endpoints")}),
         ),
         "failover" | "failback" => {
             let failed_over = action == "failover";
@@ -441,7 +441,7 @@ fn act_on_upstream(state: &Admin, name: &str, action: &str) -> Response<Body> {
             }
             None => json_response(
                 StatusCode::CONFLICT,
-                &json!({"error": format!("no supervised process serves {name:?}")}),
+                &json!({"error": format!("no supervised process serves '{name}'")}),
             ),
         },
     }
@@ -453,13 +453,13 @@ fn force_breaker(state: &Admin, route_name: &str, action: Force) -> Response<Bod
         let known: Vec<&str> = snapshot.routes().map(|route| &*route.name).collect();
         return json_response(
             StatusCode::NOT_FOUND,
-            &json!({"error": format!("no route named {route_name:?}"), "routes": known}),
+            &json!({"error": format!("no route named '{route_name}'"), "routes": known}),
         );
     };
     let Some(breaker) = &route.breaker else {
         return json_response(
             StatusCode::CONFLICT,
-            &json!({"error": format!("route {route_name:?} has circuit_breaker: false")}),
+            &json!({"error": format!("route '{route_name}' has circuit_breaker: false")}),
         );
     };
     let now = Instant::now();
@@ -662,7 +662,7 @@ fn status(state: &Admin) -> Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "config_version": snapshot.version,
-        "uptime_seconds": state.plane.started.elapsed().as_secs_f64(),
+        "uptime_seconds": (state.plane.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         "draining": state.plane.is_draining(),
         "in_flight": state.plane.requests_in_flight(),
         "degradation": degradation,

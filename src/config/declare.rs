@@ -171,7 +171,7 @@ pub fn key_schema<T: ConfigValue>(
 pub fn section_schema(doc: &str, properties: Map<String, Json>, required: Vec<&str>) -> Json {
     let mut schema = json!({
         "type": if required.is_empty() { json!(["object", "null"]) } else { json!("object") },
-        "description": doc,
+        "description": without_spec_reference(doc),
         "properties": properties,
         "additionalProperties": false,
     });
@@ -179,6 +179,18 @@ pub fn section_schema(doc: &str, properties: Map<String, Json>, required: Vec<&s
         schema["required"] = json!(required);
     }
     schema
+}
+
+/// A doc without its code-side pointer into the team's spec (`(SPEC
+/// §3.1)`): editors show the description to users, who have no spec.
+fn without_spec_reference(doc: &str) -> String {
+    match doc.split_once(" (SPEC") {
+        Some((before, after)) => match after.split_once(')') {
+            Some((_, rest)) => format!("{before}{rest}"),
+            None => doc.to_owned(),
+        },
+        None => doc.to_owned(),
+    }
 }
 
 /// The value under `key` in a mapping node, unless absent or `null`.

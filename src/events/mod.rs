@@ -103,16 +103,21 @@ fn log_and_count(
     detail: &str,
 ) {
     events_total.with_label_values(&[kind]).inc();
+    // People read a sentence (`breaker api: closed -> open (…)`); a
+    // collector gets the fields.
+    macro_rules! log {
+        ($level:ident) => {
+            if crate::telemetry::human() {
+                tracing::$level!(target: "breakwater::event", "{kind} {subject}: {detail}")
+            } else {
+                tracing::$level!(target: "breakwater::event", kind, subject, severity = severity.as_str(), detail, "Event.")
+            }
+        };
+    }
     match severity {
-        Severity::Info => {
-            tracing::info!(target: "breakwater::event", kind, subject, severity = severity.as_str(), detail, "Event.")
-        }
-        Severity::Warning => {
-            tracing::warn!(target: "breakwater::event", kind, subject, severity = severity.as_str(), detail, "Event.")
-        }
-        Severity::Critical => {
-            tracing::error!(target: "breakwater::event", kind, subject, severity = severity.as_str(), detail, "Event.")
-        }
+        Severity::Info => log!(info),
+        Severity::Warning => log!(warn),
+        Severity::Critical => log!(error),
     }
 }
 

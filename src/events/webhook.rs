@@ -351,7 +351,7 @@ async fn deliver_all(queue: Arc<WebhookQueue>, config: WebhookConfig) {
 /// Why one try failed.
 #[derive(Debug, thiserror::Error)]
 enum TryError {
-    #[error("no response within {0:?}")]
+    #[error("no response within {}", crate::units::format_duration_rounded(*.0))]
     Timeout(Duration),
     #[error("request failed: {0}")]
     Request(#[from] hyper_util::client::legacy::Error),
@@ -380,7 +380,7 @@ async fn deliver(client: &HttpClient, config: &WebhookConfig, event: &Event) {
         };
         match BACKOFF.get(attempt - 1) {
             Some(backoff) => {
-                tracing::warn!(webhook = %config.name, event_id = event.id, kind = event.kind, attempt, retry_in = ?backoff, %error, "Webhook delivery failed; will retry.");
+                tracing::warn!(webhook = %config.name, event_id = event.id, kind = event.kind, attempt, retry_in = %crate::units::format_duration_rounded(*backoff), %error, "Webhook delivery failed; will retry.");
                 tokio::time::sleep(*backoff).await;
             }
             None => {

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::outcome::{End, Outcome};
 use crate::events::{EventBus, Severity};
 use crate::metrics::Metrics;
-use crate::policy::breaker::{BreakerTicket, CallResult, Transition};
+use crate::policy::breaker::{BreakerState, BreakerTicket, CallResult, Transition};
 
 /// What the layers of one route report to: its name, metric handles and
 /// the event bus.
@@ -87,8 +87,8 @@ impl RouteReport {
             severity,
             &format!(
                 "{} -> {} ({})",
-                transition.from.as_str(),
-                transition.to.as_str(),
+                in_words(transition.from),
+                in_words(transition.to),
                 transition.reason.as_str()
             ),
         );
@@ -97,6 +97,18 @@ impl RouteReport {
     /// Counts a request refused by a policy, by reason.
     pub fn shed(&self, reason: &str) {
         self.shed.with_label_values(&[&*self.route, reason]).inc();
+    }
+}
+
+/// A breaker state as people say it in an event (`half-open`); metrics
+/// keep the label (`half_open`).
+fn in_words(state: BreakerState) -> &'static str {
+    match state {
+        BreakerState::Closed => "closed",
+        BreakerState::Open => "open",
+        BreakerState::HalfOpen => "half-open",
+        BreakerState::ForcedOpen => "forced open",
+        BreakerState::ForcedClosed => "forced closed",
     }
 }
 

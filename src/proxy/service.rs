@@ -44,7 +44,8 @@ pub async fn handle(
         headers::client_request_id(request.headers()).unwrap_or_else(headers::new_request_id);
     // After an HTTP/1 upgrade request the guard stops framing the
     // connection, so unless the upgrade happens the connection must end.
-    let http1 = request.version() <= Version::HTTP_11;
+    let version = request.version();
+    let http1 = version <= Version::HTTP_11;
     let upgrade = headers::is_upgrade(request.headers());
     let http1_upgrade = http1 && upgrade;
     let client_closes = http1 && !headers::keeps_alive(request.version(), request.headers());
@@ -70,6 +71,12 @@ pub async fn handle(
             response
         }
     };
+    // The response speaks the client's connection's version, whatever the
+    // upstream spoke (as nginx and Envoy do): an HTTP/1.0 upstream's
+    // answer must not turn a keep-alive HTTP/1.1 client's connection into
+    // an HTTP/1.0 one that closes. For HTTP/2 (h2c) hyper's server writes
+    // frames and ignores the field; it is set for the log's sake.
+    *response.version_mut() = version;
     // Past the first overload watermark, HTTP/1 connections close after
     // each response so idle clients give their buffers back.
     let stop_keep_alive = conn.plane.overload.level() >= Level::StopKeepAlive;
@@ -225,14 +232,14 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, request_id: HeaderVa
     let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
         Ok(pair) => pair,
         Err(error) => {
-            tracing::debug!(%error, request_id = ?request_id, "Upgrade failed.");
+            tracing::debug!(%error, request_id = request_id.to_str().unwrap_or(""), "Upgrade failed.");
             return;
         }
     };
     let mut downstream = TokioIo::new(downstream);
     let mut upstream = TokioIo::new(upstream);
     if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-        tracing::debug!(%error, request_id = ?request_id, "Upgraded connection ended with an error.");
+        tracing::debug!(%error, request_id = request_id.to_str().unwrap_or(""), "Upgraded connection ended with an error.");
     }
 }
 

@@ -163,6 +163,9 @@ impl Snapshot {
         wiring: &Wiring<'_>,
     ) -> Result<Snapshot, SnapshotError> {
         let now = Instant::now();
+        // Every series this config can produce is scraped from now on,
+        // at zero until it happens.
+        wiring.metrics.prime(&config);
         let mut problems = Vec::new();
         let mut upstreams: Vec<Arc<UpstreamPool>> = Vec::with_capacity(config.upstreams.len());
         for upstream in &config.upstreams {

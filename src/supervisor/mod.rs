@@ -160,6 +160,12 @@ impl Supervisor {
         let settings = settings_of(config)?;
         let upstream = upstream_of(config)?;
         let gate = plane.gates.get(&upstream);
+        // Down until it first serves, and scraped as such from the start.
+        plane
+            .metrics
+            .upstream_up
+            .with_label_values(&[&upstream])
+            .set(0);
         let (commands, receiver) = mpsc::unbounded_channel();
         let (done_tx, done) = watch::channel(false);
         let supervisor = Arc::new(Supervisor {
@@ -193,17 +199,21 @@ impl Supervisor {
                 .map_or(Duration::ZERO, |down| now.saturating_duration_since(down));
             let observed = now.saturating_duration_since(since).as_secs_f64();
             let down = (status.downtime + current_outage).as_secs_f64();
-            status.availability =
-                (observed > 0.0).then(|| ((observed - down) / observed).clamp(0.0, 1.0));
+            status.availability = (observed > 0.0)
+                .then(|| round_to(((observed - down) / observed).clamp(0.0, 1.0), 6));
         }
-        status.mttr_seconds = (status.recoveries > 0)
-            .then(|| status.recovery_time.as_secs_f64() / status.recoveries as f64);
+        status.mttr_seconds = (status.recoveries > 0).then(|| {
+            round_to(
+                status.recovery_time.as_secs_f64() / status.recoveries as f64,
+                3,
+            )
+        });
         status.uptime_seconds = status
             .started_at
-            .map(|at| now.saturating_duration_since(at).as_secs_f64());
+            .map(|at| round_to(now.saturating_duration_since(at).as_secs_f64(), 3));
         status.next_start_in_seconds = status
             .next_start_at
-            .map(|at| at.saturating_duration_since(now).as_secs_f64());
+            .map(|at| round_to(at.saturating_duration_since(now).as_secs_f64(), 3));
         status
     }
 
@@ -347,6 +357,13 @@ fn settings_of(config: &Config) -> Option<Settings> {
         section: config.supervisor.clone(),
         probe_address,
     })
+}
+
+/// `value` rounded to `places` decimals, for numbers people read in
+/// `/status` (`0.999982`, not `0.9999817264`; `0`, not `1.5e-8`).
+fn round_to(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
 }
 
 /// The command as people read it: its file name and arguments.
@@ -547,7 +564,7 @@ impl Task {
                         &format!(
                             "pid {pid}: {}; restarting in {}",
                             describe(exit),
-                            crate::units::format_duration(after)
+                            crate::units::format_duration_rounded(after)
                         ),
                     );
                     self.supervisor.update(|status| {

@@ -166,7 +166,7 @@ async fn forward_lines(
         }
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\n', '\r']);
-        tracing::info!(target: "breakwater::child", process = %name, stream = which, truncated = overflow, "{text}");
+        tracing::info!(target: "breakwater::child", process = %name, stream = which, truncated = overflow.then_some(true), "{text}");
         if let Some(watch) = &watch {
             if let Some((_, action)) = watch
                 .patterns
@@ -208,7 +208,7 @@ impl Running {
             _ => {
                 tracing::warn!(
                     pid = self.pid,
-                    ?grace,
+                    grace = %crate::units::format_duration(grace),
                     "Child did not stop in time; sending SIGKILL."
                 );
                 self.signal(libc::SIGKILL);

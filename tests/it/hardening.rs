@@ -471,9 +471,9 @@ async fn the_overload_ladder_engages_in_order_and_releases() {
     assert_eq!(response.headers().get("connection"), None);
     let log = proxy.process.stderr.text();
     let order: Vec<usize> = [
-        "subject=\"stop_keep_alive\"",
-        "subject=\"shed\"",
-        "subject=\"normal\"",
+        "breakwater::event: overload stop_keep_alive:",
+        "breakwater::event: overload shed:",
+        "breakwater::event: overload normal:",
     ]
     .iter()
     .map(|needle| {

@@ -10,6 +10,7 @@ mod capacity;
 mod cli;
 mod degradation;
 mod events;
+mod first_hour;
 mod grpc;
 mod hardening;
 mod lifecycle;

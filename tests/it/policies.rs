@@ -89,7 +89,7 @@ async fn breaker_trips_after_consecutive_failures_and_fails_fast_without_contact
     proxy
         .process
         .stderr
-        .wait_for("kind=\"breaker\"", Duration::from_secs(5))
+        .wait_for("breakwater::event: breaker ", Duration::from_secs(5))
         .await;
 }
 
@@ -552,7 +552,7 @@ async fn a_failing_endpoint_is_ejected_and_comes_back() {
     proxy
         .process
         .stderr
-        .wait_for("kind=\"ejection\"", Duration::from_secs(5))
+        .wait_for("breakwater::event: ejection ", Duration::from_secs(5))
         .await;
 }
 
@@ -588,7 +588,7 @@ async fn active_health_checks_take_an_endpoint_out_and_back() {
     proxy
         .process
         .stderr
-        .wait_for("kind=\"health\"", Duration::from_secs(5))
+        .wait_for("breakwater::event: health ", Duration::from_secs(5))
         .await;
 }
 

@@ -554,3 +554,92 @@ async fn parked_keep_alive_connections_keep_serving() {
     assert_eq!(upstream.stats().await["last_request"]["path"], "/four");
     assert_eq!(upstream.requests().await, 4);
 }
+
+/// An upstream as Python's `http.server` ships: it answers every request
+/// as HTTP/1.0 and closes the connection.
+fn http10_upstream() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\r\nok\n",
+                );
+            });
+        }
+    });
+    address
+}
+
+/// Reads one HTTP/1 response with a `content-length` body from `stream`.
+fn read_response(stream: &mut TcpStream) -> String {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "connection closed");
+        bytes.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&bytes).into_owned();
+    let length: usize = support::raw_header(&head, "content-length")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+#[tokio::test]
+async fn an_http10_upstream_answers_a_keep_alive_client_in_its_own_version() {
+    let upstream = http10_upstream();
+    let proxy = proxy(&single_route(&upstream, "", "")).run().await;
+    let listen = proxy.listen;
+    // Two requests, one after the other, on one connection: both answered
+    // as HTTP/1.1, and the connection stays open between them.
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(listen).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        for i in 0..2 {
+            stream
+                .write_all(format!("GET /{i} HTTP/1.1\r\nhost: app\r\n\r\n").as_bytes())
+                .unwrap();
+            let response = read_response(&mut stream);
+            assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+            assert!(response.ends_with("\r\n\r\nok\n"), "{response}");
+            assert_ne!(
+                support::raw_header(&response, "connection"),
+                Some("close"),
+                "{response}"
+            );
+        }
+    })
+    .await
+    .unwrap();
+
+    // An HTTP/1.0 client still gets HTTP/1.0, and an HTTP/2 client HTTP/2.
+    let response = raw_exchange(
+        proxy.listen,
+        b"GET /old HTTP/1.0\r\nhost: app\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(response.starts_with("HTTP/1.0 200 "), "{response}");
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2.get(proxy.url("/h2")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.text().await.unwrap(), "ok\n");
+}

@@ -148,7 +148,7 @@ async fn a_crash_loop_backs_off_then_escalates_without_a_restart_storm() {
     );
     assert_eq!(status["last_exit"], "exit 3");
     let log = proxy.process.stderr.text();
-    assert!(log.contains("kind=\"escalation\""), "{log}");
+    assert!(log.contains("breakwater::event: escalation "), "{log}");
     let delays: Vec<u128> = log
         .lines()
         .filter_map(|line| line.split("restarting in ").nth(1))
@@ -662,7 +662,10 @@ async fn operators_fail_over_fail_back_and_restart() {
     );
     let log = proxy.process.stderr.text();
     for kind in ["failover", "failback", "process_restart"] {
-        assert!(log.contains(&format!("kind=\"{kind}\"")), "no {kind} event");
+        assert!(
+            log.contains(&format!("breakwater::event: {kind} ")),
+            "no {kind} event"
+        );
     }
 }
 
@@ -890,12 +893,12 @@ async fn a_ladder_failover_fails_back_once_the_primary_is_stable() {
     proxy
         .process
         .stderr
-        .wait_for("kind=\"failover\"", Duration::from_secs(10))
+        .wait_for("breakwater::event: failover ", Duration::from_secs(10))
         .await;
     proxy
         .process
         .stderr
-        .wait_for("kind=\"failback\"", Duration::from_secs(10))
+        .wait_for("breakwater::event: failback ", Duration::from_secs(10))
         .await;
     assert_eq!(
         proxy.status_json().await["upstreams"][0]["failed_over"],

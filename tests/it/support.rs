@@ -104,14 +104,20 @@ pub struct Process {
 impl Process {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Process {
         let mut command = Command::new(bin());
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        command.args(args);
         for (key, value) in envs {
             command.env(key, value);
         }
+        Process::spawn_command(command)
+    }
+
+    /// Runs `command` (arguments and environment set) with its output
+    /// captured.
+    pub fn spawn_command(mut command: Command) -> Process {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn breakwater");
         let stdout = Output::default();
         let stderr = Output::default();
