@@ -217,7 +217,10 @@ impl Reloader {
     }
 
     async fn watch_file(self: Arc<Self>, path: PathBuf) {
-        let mut last = fingerprint(&path).await;
+        // No fingerprint yet: the file may have changed between the load
+        // at start-up and this task's first look, so the first look
+        // compares what the file says with what is running.
+        let mut last = None;
         let mut shutdown = self.plane.watch_shutdown();
         let mut ticks = tokio::time::interval(WATCH_INTERVAL);
         loop {
@@ -230,7 +233,15 @@ impl Reloader {
                 // A missing file (mid-swap, or deleted) keeps the running config.
                 continue;
             }
+            let first_look = last.is_none();
             last = now;
+            if first_look
+                && self
+                    .load()
+                    .is_ok_and(|config| config == *self.plane.snapshot().config)
+            {
+                continue;
+            }
             match self.reload("file").await {
                 Ok(reloaded) if reloaded.changed => {
                     tracing::info!(version = reloaded.version, "Config file changed; reloaded.")
