@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 need_packages=()
 # `kill` (procps) sends signals in the integration tests.
 command -v kill >/dev/null || need_packages+=(procps)
+# Headless Chromium and its WebDriver drive the dashboard tests
+# (tests/it/dashboard.rs); they fail, not skip, without them.
+command -v chromium >/dev/null || need_packages+=(chromium)
+command -v chromedriver >/dev/null || need_packages+=(chromium-driver)
 if [ ${#need_packages[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

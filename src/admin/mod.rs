@@ -2,6 +2,10 @@
 //!
 //! | method & path                      | does                                              |
 //! |------------------------------------|---------------------------------------------------|
+//! | GET `/`                            | the live dashboard: one self-contained HTML page  |
+//! |                                    | (`dashboard.rs`) that polls `/status` and         |
+//! |                                    | `/metrics`, follows `/events/stream` and steers   |
+//! |                                    | with the calls below, sending the pasted token    |
 //! | GET `/healthz`                     | 200 while the process is up                       |
 //! | GET `/readyz`                      | 200 when serving, 503 with the reason otherwise   |
 //! | GET `/metrics`                     | Prometheus text format                            |
@@ -20,10 +24,11 @@
 //! | PUT `/degradation`                 | `{"level": "moderate"}` sets the degradation      |
 //! |                                    | level; `{"level": "auto"}` hands control back     |
 //!
-//! Every answer is JSON except `/metrics`. Mutating paths take POST only (a
-//! GET is 405 and changes nothing), need `authorization: Bearer <token>`
-//! when a token is configured (compared in constant time), and refuse a
-//! request whose `origin` is another site. The admin server runs on the
+//! Every answer is JSON except `/metrics` and the dashboard. Mutating
+//! paths take their one method (POST, or PUT for `/degradation`; a GET is
+//! 405 and changes nothing), need `authorization: Bearer <token>` when a
+//! token is configured (compared in constant time), and refuse a request
+//! whose `origin` is another site. The admin server runs on the
 //! same runtime as the data plane but the data plane never waits on it.
 
 use std::convert::Infallible;
@@ -42,6 +47,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+
+mod dashboard;
 
 use crate::events::Severity;
 use crate::policy::breaker::Force;
@@ -150,7 +157,7 @@ fn query_u64(request: &Request<Incoming>, name: &str) -> Option<u64> {
 async fn respond(state: Arc<Admin>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let (access, allowed) = match path.as_str() {
-        "/healthz" | "/readyz" | "/metrics" | "/status" | "/events" | "/events/stream" => {
+        "/" | "/healthz" | "/readyz" | "/metrics" | "/status" | "/events" | "/events/stream" => {
             (Access::Read, Method::GET)
         }
         "/config/reload" | "/breakers/reset" => (Access::Mutate, Method::POST),
@@ -184,6 +191,7 @@ async fn respond(state: Arc<Admin>, request: Request<Incoming>) -> Response<Body
         }
     }
     let response = match path.as_str() {
+        "/" => dashboard::page(),
         "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
         "/readyz" => readyz(&state),
         "/metrics" => {
@@ -571,6 +579,10 @@ fn route_status(snapshot: &Snapshot, name: &str, now: Instant) -> Value {
         "name": config.name,
         "match": config.matcher,
         "upstream": config.upstream,
+        // A route to an HTTP/2 upstream carries gRPC: its calls are judged
+        // by grpc-status and breakwater answers them in gRPC.
+        "protocol": route.upstream.config.protocol,
+        "grpc": route.upstream.config.protocol != crate::config::Protocol::Http1,
         "timeouts": config.timeouts,
         "retry": config.retry,
         "breaker": route.breaker.as_ref().map(|breaker| breaker.snapshot(now)),
@@ -668,7 +680,13 @@ fn status(state: &Admin) -> Value {
         "degradation": degradation,
         "listeners": listeners,
         "upstreams": upstreams,
-        "supervisor": state.supervisors.get().map(|supervisor| supervisor.status()),
+        "supervisor": state.supervisors.get().map(|supervisor| {
+            let mut status = json!(supervisor.status());
+            if let Value::Object(fields) = &mut status {
+                fields.insert("upstream".to_owned(), json!(supervisor.upstream));
+            }
+            status
+        }),
     })
 }
 

@@ -524,7 +524,10 @@ impl Task {
                 Ended::Restart(reason) => {
                     let exit = running.stop(signal, grace).await;
                     self.record_end(exit);
-                    self.count_restart(reason);
+                    // `operator_reset` has counted an operator's restart.
+                    if reason != "admin" {
+                        self.count_restart(reason);
+                    }
                     self.plane.events.emit(
                         "process_restart",
                         &self.name,

@@ -6,8 +6,10 @@
 //! HTTP clients and raw sockets.
 
 mod admin;
+mod browser;
 mod capacity;
 mod cli;
+mod dashboard;
 mod degradation;
 mod events;
 mod first_hour;

@@ -650,6 +650,12 @@ async fn operators_fail_over_fail_back_and_restart() {
         },
     )
     .await;
+    // One operator restart is one restart.
+    assert_eq!(supervisor(&proxy).await["restarts"], 1);
+    assert!(proxy
+        .metrics()
+        .await
+        .contains(r#"breakwater_supervisor_restarts_total{reason="admin"} 1"#));
     assert_eq!(post("/upstreams/nope/failover").await, 404);
     assert_eq!(
         client()

@@ -58,7 +58,9 @@ pub fn client() -> reqwest::Client {
 pub struct Output(Arc<Mutex<Vec<String>>>);
 
 impl Output {
-    fn capture(&self, stream: impl Read + Send + 'static, echo: &'static str) {
+    /// Collects `stream`'s lines from a thread of its own, echoed to
+    /// stderr tagged `[echo]` when `BREAKWATER_TEST_ECHO` is set.
+    pub fn capture(&self, stream: impl Read + Send + 'static, echo: &'static str) {
         let lines = self.0.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
