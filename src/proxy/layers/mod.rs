@@ -7,18 +7,19 @@
 //! | [`admission::OverloadLayer`] | `policy::overload::Level`, sampled | 503 `overload` |
 //! | [`admission::ReadinessLayer`] | the upstream's `gate::UpstreamGate` | 503 `starting` / `needs-intervention` |
 //! | [`rate_limit::RateLimitLayer`] | `policy::rate_limit::RateLimiter` | 429 `rate-limited` |
+//! | [`admission::DegradationLayer`] | the level (`policy::degradation`) × the route's priority | 503 `degraded` |
 //! | [`breaker::BreakerLayer`] | `policy::breaker::Breaker` | 503 `breaker-open` |
 //! | [`bulkhead::BulkheadLayer`] | `policy::bulkhead::Bulkhead` | 503 `shed` |
-//! | [`timeout::TimeoutLayer`] | `timeouts.request` | 504 `timeout` |
+//! | [`timeout::TimeoutLayer`] | `timeouts.request`, capped by `grpc-timeout` | 504 `timeout` |
 //!
 //! Below them: `upstream::retry` and `upstream::balance` (one try each).
 //! Each admission layer is a thin adapter: read the clock once, ask the
 //! policy, and either refuse with a [`Rejection`] or call the next layer.
 //! Decisions live in `policy/`; what a decision means on the wire lives in
 //! `reject.rs`; metrics and events go through `report::RouteReport`.
-//! Later admission steps (degradation by priority, maintenance, fault
-//! injection) are layers here too, between the readiness gate and the
-//! breaker.
+//! Later admission steps (maintenance, fault injection) are layers here
+//! too, between the readiness gate and the breaker. A gRPC call gets
+//! every refusal as a gRPC status (`reject.rs`).
 
 pub mod admission;
 pub mod breaker;
