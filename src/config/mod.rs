@@ -23,6 +23,7 @@ mod checks;
 mod decode;
 pub mod degrade;
 mod model;
+pub mod ops;
 pub mod policy;
 pub(crate) mod reference;
 mod supervisor;
@@ -38,6 +39,9 @@ pub use degrade::{
     Degradation, DegradationSetting, Fallback, FallbackWhen, Priority, StaleIfError,
 };
 pub use model::*;
+pub use ops::{
+    ConfigRollback, Dependency, DependencyCheck, FaultAbort, FaultDelay, FaultInjection, Rollback,
+};
 pub use policy::{
     Backoff, BreakerWindow, Bulkhead, CircuitBreaker, HealthCheck, OutlierDetection, Probe,
     RateLimit, Retry, RetryBudget, RetryOn, Toggle,
