@@ -254,6 +254,28 @@ pub fn load_str(
     }
 }
 
+/// Reads one section (such as a fault sent to the admin port) from JSON
+/// or YAML text with the config's own rules; no `${ENV}` is substituted.
+/// Every problem is returned as `path: message`.
+pub fn decode_section<T: ConfigValue>(text: &str) -> Result<T, Vec<String>> {
+    let tree = yaml::parse(text, &|_| None).map_err(|error| vec![error.message])?;
+    let mut cx = Cx::default();
+    let value = T::decode(&mut cx, &tree);
+    let problems: Vec<String> = cx
+        .issues
+        .iter()
+        .map(|issue| match issue.path.as_str() {
+            "" => issue.message.clone(),
+            path => format!("{path}: {}", issue.message),
+        })
+        .collect();
+    match value {
+        Some(value) if problems.is_empty() => Ok(value),
+        _ if problems.is_empty() => Err(vec!["invalid value".to_owned()]),
+        _ => Err(problems),
+    }
+}
+
 impl Config {
     /// The effective config as YAML, defaults filled in and secrets shown
     /// as `<redacted>`: what `breakwater check` prints. It loads back to the

@@ -22,6 +22,9 @@ use super::outcome::CallError;
 /// Header naming why breakwater answered itself.
 pub const REASON_HEADER: &str = "x-breakwater-reason";
 
+/// Header marking a reply shaped by fault injection: `delay` or `abort`.
+pub const FAULT_HEADER: &str = "x-breakwater-fault";
+
 /// A request breakwater answers without (successfully) reaching the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -58,6 +61,14 @@ pub enum Rejection {
     Starting,
     /// The supervisor gave up on the process; an operator must act. 503.
     NeedsIntervention,
+    /// An operator put the upstream in maintenance (`PUT /maintenance`). 503.
+    Maintenance,
+    /// Fault injection aborted the request (`routes[].fault.abort`), with
+    /// the fault's status. The reply carries `x-breakwater-fault: abort`.
+    FaultAbort {
+        /// The status the fault gives.
+        status: StatusCode,
+    },
     /// The client's request body was malformed. 400.
     BadRequestBody,
     /// The client went away (or cut its body short) before an answer. 499,
@@ -152,6 +163,8 @@ impl Rejection {
             Rejection::Degraded => (StatusCode::SERVICE_UNAVAILABLE, "degraded"),
             Rejection::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
             Rejection::NeedsIntervention => (StatusCode::SERVICE_UNAVAILABLE, "needs-intervention"),
+            Rejection::Maintenance => (StatusCode::SERVICE_UNAVAILABLE, "maintenance"),
+            Rejection::FaultAbort { status } => (status, "fault-injected"),
             Rejection::BadRequestBody => (StatusCode::BAD_REQUEST, "bad-request-body"),
             Rejection::ClientGone => (client_closed_request(), "client-gone"),
             Rejection::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -209,6 +222,9 @@ pub fn reply(rejection: Rejection, cx: ReplyCx) -> Response<Body> {
     if let Some(seconds) = rejection.retry_after() {
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
+    if let Rejection::FaultAbort { .. } = rejection {
+        headers.insert(FAULT_HEADER, HeaderValue::from_static("abort"));
+    }
     response
 }
 
@@ -261,6 +277,23 @@ mod tests {
             .headers()
             .get(RETRY_AFTER)
             .is_none());
+    }
+
+    #[test]
+    fn maintenance_and_injected_aborts_say_so() {
+        let maintenance = reply(Rejection::Maintenance, ReplyCx::default());
+        assert_eq!(maintenance.status(), 503);
+        assert_eq!(maintenance.headers()[REASON_HEADER], "maintenance");
+        assert!(maintenance.headers().get(FAULT_HEADER).is_none());
+        let abort = reply(
+            Rejection::FaultAbort {
+                status: StatusCode::IM_A_TEAPOT,
+            },
+            ReplyCx::default(),
+        );
+        assert_eq!(abort.status(), 418);
+        assert_eq!(abort.headers()[REASON_HEADER], "fault-injected");
+        assert_eq!(abort.headers()[FAULT_HEADER], "abort");
     }
 
     #[test]
