@@ -1576,7 +1576,15 @@ impl Task {
         }
         let snapshot = self.plane.snapshot();
         let pool = snapshot.upstream(&self.name)?;
-        if pool.config.health_check.is_some()
+        // A process just started is judged by the checks made since: the
+        // endpoint may still be marked unhealthy from the run before, until
+        // `healthy_threshold` probes of this one have passed.
+        let judged = pool.config.health_check.as_ref().is_some_and(|check| {
+            let grace = check.interval * check.healthy_threshold + check.timeout;
+            self.ready_at
+                .is_some_and(|ready| now.saturating_duration_since(ready) >= grace)
+        });
+        if judged
             && !pool.endpoints().is_empty()
             && pool
                 .endpoints()

@@ -12,6 +12,7 @@ mod degradation;
 mod events;
 mod hardening;
 mod lifecycle;
+mod operations;
 mod policies;
 mod proxy;
 mod reload;
