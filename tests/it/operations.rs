@@ -627,3 +627,64 @@ async fn crashes_after_healthy_runs_restart_after_the_initial_backoff_every_time
         .collect();
     assert_eq!(delays, ["200ms"; 4], "not 200ms, 400ms, 800ms, 1.6s");
 }
+
+#[tokio::test]
+async fn a_reload_that_brings_errors_is_rolled_back_and_refused_until_the_file_changes() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", free_port());
+    let template = |upstream: &str| {
+        config(&address, "", "  upstream: app\n", "")
+            .replace("        upstream: app\n", &format!("        upstream: {upstream}\n"))
+            .replace(
+                "upstreams:\n",
+                &format!(
+                    "config_rollback: {{window: 30s, error_rate: 0.5, min_requests: 10}}\nupstreams:\n  - {{name: dead, endpoints: [\"{dead}\"], outlier_detection: false}}\n"
+                ),
+            )
+    };
+    let good = template("app");
+    let proxy = proxy(&good).run().await;
+    ready(&proxy).await;
+    assert_eq!(proxy.get("/").await.status(), 200);
+    // A reload that sends the route to an upstream that is not there.
+    proxy.rewrite(&template("dead"));
+    eventually("the bad config serves", Duration::from_secs(10), || async {
+        (proxy.get("/").await.status() == 502).then_some(())
+    })
+    .await;
+    for _ in 0..12 {
+        let _ = proxy.get("/").await;
+    }
+    let detail = wait_event(&proxy, "rollback", "rolled back", Duration::from_secs(10)).await;
+    assert!(detail.contains("5xx"), "{detail}");
+    // The previous config serves (once the breaker the errors opened lets
+    // a probe through).
+    eventually(
+        "the previous config serves",
+        Duration::from_secs(15),
+        || async { (proxy.get("/").await.status() == 200).then_some(()) },
+    )
+    .await;
+    let status = proxy.status_json().await;
+    assert_eq!(status["config_rollback"]["rolled_back_version"], 2);
+    assert_eq!(status["config_version"], 3);
+    assert_eq!(
+        metric_value(
+            &proxy.metrics().await,
+            r#"breakwater_rollbacks_total{kind="config"}"#
+        ),
+        Some(1.0)
+    );
+    // The same file is refused until it changes.
+    let (code, body) = admin(&proxy, reqwest::Method::POST, "/config/reload", "").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.to_string().contains("rolled back"), "{body}");
+    assert_eq!(proxy.get("/").await.status(), 200);
+    proxy.rewrite(&good.replace("consecutive_failures: 3", "consecutive_failures: 4"));
+    eventually(
+        "a changed file is taken",
+        Duration::from_secs(10),
+        || async { (proxy.status_json().await["config_version"] == 4).then_some(()) },
+    )
+    .await;
+}
