@@ -26,8 +26,8 @@
 //!
 //! The operations calls (faults, drills, maintenance) are in [`ops`].
 //!
-//! Every answer is JSON except `/metrics`. Mutating paths take POST only (a
-//! GET is 405 and changes nothing), need `authorization: Bearer <token>`
+//! Every answer is JSON except `/metrics`. Mutating paths take only their
+//! method above (a GET is 405 and changes nothing), need `authorization: Bearer <token>`
 //! when a token is configured (compared in constant time), and refuse a
 //! request whose `origin` is another site. The admin server runs on the
 //! same runtime as the data plane but the data plane never waits on it.

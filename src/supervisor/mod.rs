@@ -1253,6 +1253,15 @@ impl Task {
         }
     }
 
+    /// A dependency hold announced earlier is over once every required
+    /// dependency is up again.
+    fn release_hold(&self, memory: &mut Memory) {
+        if memory.hold_announced && !memory.monitor.verdict().holds() {
+            memory.hold_announced = false;
+            self.supervisor.update(|status| status.held_because = None);
+        }
+    }
+
     /// Waits for the process to accept connections (`startup_timeout`
     /// expiring is a trigger for the ladder), then watches it: its exit,
     /// commands, log pattern matches, and the triggers sampled every
@@ -1366,7 +1375,7 @@ impl Task {
                             }
                         }
                         None => {
-                            let _ = self.holds(memory, "");
+                            self.release_hold(memory);
                             self.note_stable(memory, now);
                             let since = *healthy_since.get_or_insert(now);
                             if now.saturating_duration_since(since) >= self.settings.section.failback.stable_for
