@@ -160,6 +160,19 @@ pub fn status(headers: &HeaderMap) -> Option<Code> {
     )
 }
 
+/// The code a gRPC client reads from an HTTP `status` that carries no
+/// `grpc-status` (gRPC's "HTTP to gRPC status code mapping").
+pub fn from_http_status(status: u16) -> Code {
+    match status {
+        400 => Code::INTERNAL,
+        401 => Code(16),
+        403 => Code(7),
+        404 => Code::UNIMPLEMENTED,
+        429 | 502 | 503 | 504 => Code::UNAVAILABLE,
+        _ => Code::UNKNOWN,
+    }
+}
+
 /// Longest value `grpc-timeout` allows: eight digits.
 const MAX_TIMEOUT_DIGITS: usize = 8;
 
@@ -354,6 +367,14 @@ mod tests {
         assert_eq!(Code::UNAVAILABLE.label(), "14");
         let set: CodeSet = [Code::UNAVAILABLE, Code::INTERNAL].into_iter().collect();
         assert!(set.contains(Code::UNAVAILABLE) && !set.contains(Code::OK));
+    }
+
+    #[test]
+    fn http_statuses_map_as_grpc_clients_read_them() {
+        assert_eq!(from_http_status(503), Code::UNAVAILABLE);
+        assert_eq!(from_http_status(429), Code::UNAVAILABLE);
+        assert_eq!(from_http_status(404), Code::UNIMPLEMENTED);
+        assert_eq!(from_http_status(500), Code::UNKNOWN);
     }
 
     #[test]

@@ -51,6 +51,14 @@ pub mod known {
         "failback",
         "escalation",
         "degradation",
+        "degraded",
+        "dependency_down",
+        "dependency_up",
+        "recovery_held",
+        "drill",
+        "fault",
+        "maintenance",
+        "rollback",
     ];
     /// `supervisor_restarts_total{reason}`: an exit or a signal, an
     /// operator, a new process spec, or the trigger that climbed the
@@ -179,6 +187,14 @@ pub struct Metrics {
     pub grpc_responses_total: IntCounterVec,
     /// `breakwater_build_info{version,commit}`: always 1.
     pub build_info: IntGaugeVec,
+    /// `breakwater_faults_injected_total{route,kind}`: requests delayed or
+    /// aborted by fault injection (`delay`, `abort`).
+    pub faults_injected: IntCounterVec,
+    /// `breakwater_drill_recovery_seconds{action}`: a drill's time from the
+    /// signal to serving again (`kill`, `hang`).
+    pub drill_recovery: HistogramVec,
+    /// `breakwater_rollbacks_total{kind}`: rollbacks (`process`, `config`).
+    pub rollbacks: IntCounterVec,
 }
 
 /// Handles for one route, resolved when a snapshot is built.
@@ -399,6 +415,27 @@ impl Metrics {
             "Requests waiting for a connection to one of an upstream's endpoints.",
             &["upstream"],
         )?;
+        let faults_injected = counter(
+            "faults_injected_total",
+            "Requests delayed or aborted by fault injection, by route and kind (delay, abort).",
+            &["route", "kind"],
+        )?;
+        let drill_recovery = {
+            let opts = HistogramOpts::new(
+                "drill_recovery_seconds",
+                "Drills: time from the signal to serving again, by action (kill, hang).",
+            )
+            .namespace("breakwater")
+            .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]);
+            let vec = HistogramVec::new(opts, &["action"])?;
+            registry.register(Box::new(vec.clone()))?;
+            vec
+        };
+        let rollbacks = counter(
+            "rollbacks_total",
+            "Automatic rollbacks, by kind (process: the supervised process's spec; config: breakwater's own config).",
+            &["kind"],
+        )?;
         let endpoint_healthy = gauge(
             "endpoint_healthy",
             "1 when an endpoint takes traffic (healthy and not ejected).",
@@ -432,7 +469,16 @@ impl Metrics {
         }
         let (code, outcome) = known::NO_ROUTE;
         requests_total.with_label_values(&["", code, outcome]);
+        for action in ["kill", "hang"] {
+            drill_recovery.with_label_values(&[action]);
+        }
+        for kind in ["process", "config"] {
+            rollbacks.with_label_values(&[kind]);
+        }
         Ok(Metrics {
+            faults_injected,
+            drill_recovery,
+            rollbacks,
             bulkhead_limit,
             degraded_total,
             degradation_level,
@@ -541,6 +587,27 @@ impl Metrics {
         self.upstream_duration.with_label_values(&[name]);
     }
 
+    /// Replies counted so far in `requests_total`, and how many had a 5xx
+    /// status (for `config_rollback`, which reads them once a second).
+    pub fn replies_and_5xx(&self) -> (u64, u64) {
+        use prometheus::core::Collector;
+        let (mut replies, mut server_errors) = (0u64, 0u64);
+        for family in self.requests_total.collect() {
+            for metric in family.get_metric() {
+                let count = metric.get_counter().get_value() as u64;
+                replies += count;
+                let server_error = metric
+                    .get_label()
+                    .iter()
+                    .any(|label| label.name() == "code" && label.value().starts_with('5'));
+                if server_error {
+                    server_errors += count;
+                }
+            }
+        }
+        (replies, server_errors)
+    }
+
     /// Everything in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
@@ -555,6 +622,24 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_and_server_errors_are_summed_over_routes() {
+        let metrics = Metrics::new().unwrap();
+        metrics
+            .route("a")
+            .requests(http::StatusCode::OK, "success")
+            .inc_by(7);
+        metrics
+            .route("b")
+            .requests(http::StatusCode::BAD_GATEWAY, "connect_error")
+            .inc_by(2);
+        metrics
+            .route("b")
+            .requests(http::StatusCode::SERVICE_UNAVAILABLE, "rejected")
+            .inc();
+        assert_eq!(metrics.replies_and_5xx(), (10, 3));
+    }
 
     #[test]
     fn families_render_with_prefix() {

@@ -16,6 +16,15 @@
 //! threads — refuses the whole reload with "needs a restart" naming the
 //! key, rather than half-applying it or ignoring it.
 //!
+//! With `config_rollback: {window, error_rate}`, a reload is on watch for
+//! `window`: if the share of 5xx replies since it (injected faults
+//! excepted) reaches `error_rate` over at least `min_requests` replies,
+//! the previous config is published again (the reload keeps it for this),
+//! a `rollback` event says why, and that exact config is refused until
+//! the file changes again. The rate is absolute, not relative to before
+//! the reload: a service already failing at that rate has its reloads
+//! rolled back, which the event makes plain.
+//!
 //! The file is watched by polling its content once a second rather than
 //! with inotify: Kubernetes updates a mounted ConfigMap by swapping a
 //! `..data` symlink, which inotify on the file misses and inotify on the
@@ -26,10 +35,15 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::config::{self, Config, ConfigError, ConfigIssue, Overrides};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{self, Config, ConfigError, ConfigIssue, ConfigRollback, Overrides};
 use crate::events::Severity;
 use crate::proxy::DataPlane;
 use crate::supervisor::Supervisors;
@@ -72,8 +86,23 @@ pub struct Reloader {
     source: ConfigSource,
     /// CLI flags applied over every load.
     overrides: Overrides,
-    /// Serialises reloads so two triggers cannot interleave.
-    lock: tokio::sync::Mutex<()>,
+    /// Serialises reloads (and rollbacks) so two cannot interleave.
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// What `config_rollback` keeps between reloads.
+    rollback: Arc<RollbackBook>,
+}
+
+/// `config_rollback`'s books: the reload on watch, the config refused
+/// after a rollback, and the last rollback for `/status`.
+#[derive(Default)]
+struct RollbackBook {
+    watching: Mutex<Option<JoinHandle<()>>>,
+    refused: Mutex<Option<Arc<Config>>>,
+    last: Mutex<Option<Value>>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // === impl Reloader ===
@@ -91,8 +120,14 @@ impl Reloader {
             supervisors,
             source,
             overrides,
-            lock: tokio::sync::Mutex::new(()),
+            lock: Arc::new(tokio::sync::Mutex::new(())),
+            rollback: Arc::new(RollbackBook::default()),
         }
+    }
+
+    /// The last `config_rollback`, for `/status`.
+    pub fn last_rollback(&self) -> Option<Value> {
+        locked(&self.rollback.last).clone()
     }
 
     /// Loads the config again and swaps it in if valid. `trigger` names
@@ -125,6 +160,26 @@ impl Reloader {
             Ok(config) => config,
             Err(error) => return Err(self.refused(error, trigger, current.version)),
         };
+        {
+            let mut refused = locked(&self.rollback.refused);
+            match refused.as_deref() {
+                Some(bad) if *bad == config => {
+                    let error = ConfigError {
+                        source_name: source.clone(),
+                        issues: vec![ConfigIssue {
+                            path: String::new(),
+                            line: None,
+                            message: "this config was rolled back by config_rollback; change the file to apply it again".to_owned(),
+                        }],
+                    };
+                    drop(refused);
+                    return Err(self.refused(error, trigger, current.version));
+                }
+                // The file changed: the refusal is over.
+                Some(_) => *refused = None,
+                None => {}
+            }
+        }
         let webhooks = config
             .alerts
             .webhooks
@@ -154,6 +209,7 @@ impl Reloader {
         self.plane.publish(snapshot);
         self.plane.events.set_webhooks(webhooks);
         self.supervisors.apply(&self.plane, &config).await;
+        self.watch_for_rollback(current.config.clone(), version);
         metrics
             .config_reloads_total
             .with_label_values(&["success"])
@@ -168,6 +224,26 @@ impl Reloader {
             version,
             changed: true,
         })
+    }
+
+    /// Puts the reload that published `version` on watch, when the new
+    /// config has `config_rollback`; `previous` is what a rollback restores.
+    fn watch_for_rollback(&self, previous: Arc<Config>, version: u64) {
+        let mut watching = locked(&self.rollback.watching);
+        if let Some(task) = watching.take() {
+            task.abort();
+        }
+        let Some(settings) = self.plane.snapshot().config.config_rollback.clone() else {
+            return;
+        };
+        let watch = RollbackWatch {
+            plane: self.plane.clone(),
+            supervisors: self.supervisors.clone(),
+            lock: self.lock.clone(),
+            book: self.rollback.clone(),
+            source: self.source.name(),
+        };
+        *watching = Some(tokio::spawn(watch.run(settings, previous, version)));
     }
 
     fn load(&self) -> Result<Config, ConfigError> {
@@ -252,6 +328,99 @@ impl Reloader {
                 }
             }
         }
+    }
+}
+
+/// How often a reload on watch samples the reply counters.
+const ROLLBACK_SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// One reload on watch for `config_rollback`.
+struct RollbackWatch {
+    plane: Arc<DataPlane>,
+    supervisors: Arc<Supervisors>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    book: Arc<RollbackBook>,
+    source: String,
+}
+
+impl RollbackWatch {
+    /// Replies (and 5xx replies that were not injected faults) so far.
+    fn counts(&self) -> (u64, u64) {
+        let (replies, server_errors) = self.plane.metrics.replies_and_5xx();
+        let injected = self.plane.faults.injected_5xx.load(Ordering::Relaxed);
+        (replies, server_errors.saturating_sub(injected))
+    }
+
+    async fn run(self, settings: ConfigRollback, previous: Arc<Config>, version: u64) {
+        let (replies_then, errors_then) = self.counts();
+        let until = Instant::now() + settings.window;
+        let mut ticks = tokio::time::interval(ROLLBACK_SAMPLE_EVERY);
+        while Instant::now() < until {
+            ticks.tick().await;
+            let (replies, errors) = self.counts();
+            let replies = replies.saturating_sub(replies_then);
+            let errors = errors.saturating_sub(errors_then);
+            if replies >= settings.min_requests
+                && errors as f64 / replies as f64 >= settings.error_rate
+            {
+                let why = format!(
+                    "{errors} of {replies} replies were 5xx since the reload (config_rollback.error_rate {})",
+                    settings.error_rate
+                );
+                self.roll_back(previous, version, why).await;
+                return;
+            }
+        }
+    }
+
+    /// Publishes `previous` again, unless a newer reload came first.
+    async fn roll_back(self, previous: Arc<Config>, version: u64, why: String) {
+        let _one_at_a_time = self.lock.lock().await;
+        let current = self.plane.snapshot();
+        if current.version != version {
+            return;
+        }
+        let bad = current.config.clone();
+        let snapshot = match self.plane.build((*previous).clone()) {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                self.plane.events.emit(
+                    "rollback",
+                    &self.source,
+                    Severity::Critical,
+                    &format!("version {version}: {why}; the previous config could not be rebuilt: {error}"),
+                );
+                return;
+            }
+        };
+        let restored = snapshot.version;
+        let webhooks = previous
+            .alerts
+            .webhooks
+            .iter()
+            .filter_map(|webhook| webhook.to_config())
+            .collect();
+        self.plane.publish(snapshot);
+        self.plane.events.set_webhooks(webhooks);
+        self.supervisors.apply(&self.plane, &previous).await;
+        *locked(&self.book.refused) = Some(bad);
+        self.plane
+            .metrics
+            .rollbacks
+            .with_label_values(&["config"])
+            .inc();
+        let detail = format!(
+            "config version {version} rolled back (now version {restored}, the previous config): {why}; it is refused until the file changes"
+        );
+        self.plane
+            .events
+            .emit("rollback", &self.source, Severity::Critical, &detail);
+        *locked(&self.book.last) = Some(json!({
+            "rolled_back_version": version,
+            "restored_as_version": restored,
+            "reason": why,
+            "at": crate::events::rfc3339::now(),
+        }));
     }
 }
 

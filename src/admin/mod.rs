@@ -23,13 +23,22 @@
 //! | POST `/upstreams/{name}/restart`   | restart the supervised process now                |
 //! | PUT `/degradation`                 | `{"level": "moderate"}` sets the degradation      |
 //! |                                    | level; `{"level": "auto"}` hands control back     |
+//! | PUT `/faults/{route}`              | inject a fault (delay, abort) for its ttl         |
+//! | DELETE `/faults/{route}`           | end the route's fault now                         |
+//! | POST `/upstreams/{name}/drill`     | `{"action": "kill"\|"hang"}`: a recovery drill     |
+//! | PUT `/maintenance`                 | `{"upstream", "on", "reason", "ttl"}`             |
+//!
+//! The operations calls (faults, drills, maintenance) are in [`ops`].
 //!
 //! Every answer is JSON except `/metrics` and the dashboard. Mutating
-//! paths take their one method (POST, or PUT for `/degradation`; a GET is
-//! 405 and changes nothing), need `authorization: Bearer <token>` when a
-//! token is configured (compared in constant time), and refuse a request
-//! whose `origin` is another site. The admin server runs on the
+//! paths take their one method (POST, PUT for `/degradation`, `/faults`
+//! and `/maintenance`, DELETE to end a fault; a GET is 405 and changes
+//! nothing), need `authorization: Bearer <token>` when a token is
+//! configured (compared in constant time), and refuse a request whose
+//! `origin` is another site. The admin server runs on the
 //! same runtime as the data plane but the data plane never waits on it.
+
+mod ops;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -161,7 +170,16 @@ async fn respond(state: Arc<Admin>, request: Request<Incoming>) -> Response<Body
             (Access::Read, Method::GET)
         }
         "/config/reload" | "/breakers/reset" => (Access::Mutate, Method::POST),
-        "/degradation" => (Access::Mutate, Method::PUT),
+        "/degradation" | "/maintenance" => (Access::Mutate, Method::PUT),
+        _ if path.starts_with("/faults/") && path.len() > "/faults/".len() => {
+            let allowed = if request.method() == Method::DELETE {
+                Method::DELETE
+            } else {
+                Method::PUT
+            };
+            (Access::Mutate, allowed)
+        }
+        _ if drill_target(&path).is_some() => (Access::Mutate, Method::POST),
         _ if breaker_action(&path).is_some() || upstream_action(&path).is_some() => {
             (Access::Mutate, Method::POST)
         }
@@ -231,6 +249,14 @@ async fn respond(state: Arc<Admin>, request: Request<Incoming>) -> Response<Body
             ),
         },
         "/degradation" => set_degradation(&state, request).await,
+        "/maintenance" => ops::maintenance(&state, request).await,
+        _ if path.starts_with("/faults/") => {
+            ops::faults(&state, &path["/faults/".len()..], request).await
+        }
+        _ if drill_target(&path).is_some() => {
+            let name = drill_target(&path).unwrap_or_default().to_owned();
+            ops::drill(&state, &name, request).await
+        }
         "/breakers/reset" => {
             let snapshot = state.plane.snapshot();
             let mut reset = Vec::new();
@@ -395,6 +421,12 @@ fn breaker_action(path: &str) -> Option<(&str, Force)> {
         _ => return None,
     };
     (!route.is_empty()).then_some((route, action))
+}
+
+/// `/upstreams/{name}/drill` → name.
+fn drill_target(path: &str) -> Option<&str> {
+    let name = path.strip_prefix("/upstreams/")?.strip_suffix("/drill")?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
 }
 
 /// `/upstreams/{name}/{failover|failback|restart}` → (name, action).
@@ -605,6 +637,7 @@ fn route_status(snapshot: &Snapshot, name: &str, now: Instant) -> Value {
             let (entries, bytes) = store.usage();
             json!({"entries": entries, "bytes": bytes})
         }),
+        "fault": route.fault.active(now).map(|fault| fault.status(now)),
         "rate_limit": route.rate_limiter.as_ref().map(|limiter| json!({
             "rps": limiter.rps(),
             "burst": limiter.burst(),
@@ -661,6 +694,7 @@ fn status(state: &Admin) -> Value {
                 "connect_timeout": crate::units::format_duration(pool.config.connect_timeout),
                 "readiness": pool.gate().readiness(),
                 "failed_over": pool.gate().is_failed_over(),
+                "maintenance": ops::maintenance_status(pool.gate()),
                 "endpoints": endpoints,
             })
         })
@@ -687,6 +721,7 @@ fn status(state: &Admin) -> Value {
             }
             status
         }),
+        "config_rollback": state.reloader.last_rollback(),
     })
 }
 

@@ -43,6 +43,8 @@ words! {
         Degraded = "degraded",
         /// The supervised process is starting or needs intervention.
         Unavailable = "unavailable",
+        /// The upstream is in maintenance (`PUT /maintenance`).
+        Maintenance = "maintenance",
     }
 }
 

@@ -23,6 +23,7 @@ mod checks;
 mod decode;
 pub mod degrade;
 mod model;
+pub mod ops;
 pub mod policy;
 pub(crate) mod reference;
 mod supervisor;
@@ -38,6 +39,9 @@ pub use degrade::{
     Degradation, DegradationSetting, Fallback, FallbackWhen, Priority, StaleIfError,
 };
 pub use model::*;
+pub use ops::{
+    ConfigRollback, Dependency, DependencyCheck, FaultAbort, FaultDelay, FaultInjection, Rollback,
+};
 pub use policy::{
     Backoff, BreakerWindow, Bulkhead, CircuitBreaker, HealthCheck, OutlierDetection, Probe,
     RateLimit, Retry, RetryBudget, RetryOn, Toggle,
@@ -247,6 +251,28 @@ pub fn load_str(
             }
             Err(fail(cx.issues))
         }
+    }
+}
+
+/// Reads one section (such as a fault sent to the admin port) from JSON
+/// or YAML text with the config's own rules; no `${ENV}` is substituted.
+/// Every problem is returned as `path: message`.
+pub fn decode_section<T: ConfigValue>(text: &str) -> Result<T, Vec<String>> {
+    let tree = yaml::parse(text, &|_| None).map_err(|error| vec![error.message])?;
+    let mut cx = Cx::default();
+    let value = T::decode(&mut cx, &tree);
+    let problems: Vec<String> = cx
+        .issues
+        .iter()
+        .map(|issue| match issue.path.as_str() {
+            "" => issue.message.clone(),
+            path => format!("{path}: {}", issue.message),
+        })
+        .collect();
+    match value {
+        Some(value) if problems.is_empty() => Ok(value),
+        _ if problems.is_empty() => Err(vec!["invalid value".to_owned()]),
+        _ => Err(problems),
     }
 }
 

@@ -19,6 +19,7 @@ use super::checks::{
 use super::declare::child;
 use super::decode::{ByteSize, ConfigValue, Cx, Keys};
 use super::degrade::{Degradation, Fallback, Priority, StaleIfError};
+use super::ops::{ConfigRollback, FaultInjection};
 use super::policy::{
     Bulkhead, CircuitBreaker, HealthCheck, OutlierDetection, RateLimit, Retry, Toggle,
 };
@@ -54,8 +55,10 @@ section! {
         alerts: Alerts = Alerts::default(),
         /// When breakwater sheds routes by priority.
         degradation: Degradation = Degradation::default(),
+        /// Restore the previous config when a reload brings errors; off
+        /// unless set.
+        config_rollback: Option<ConfigRollback> = None,
     }
-    later: ["config_rollback"],
     validate: inherit_limits,
 }
 
@@ -318,8 +321,10 @@ section! {
         /// Serve the last good answer to a GET/HEAD when the upstream
         /// fails; off unless set.
         stale_if_error: Option<StaleIfError> = None,
+        /// Faults injected into the route's traffic; none unless set.
+        fault: Option<FaultInjection> = None,
     }
-    later: ["fault", "hedge", "hold"],
+    later: ["hedge", "hold"],
 }
 
 section! {

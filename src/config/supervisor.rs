@@ -12,6 +12,7 @@ use serde_json::{json, Value as Json};
 
 use super::checks::{above_zero, at_least, fraction, non_empty};
 use super::decode::{pattern, ByteSize, ConfigValue, Cx, Keys};
+use super::ops::{Dependency, Rollback};
 use super::yaml::{Node, Value};
 
 section! {
@@ -37,8 +38,27 @@ section! {
         recovery: Recovery = Recovery::default(),
         /// When to return from a ladder failover.
         failback: Failback = Failback::default(),
+        /// What the process needs before it starts; while a required one
+        /// is down, recovery holds.
+        dependencies: Vec<Dependency> = Vec::new(),
+        /// Deploy auto-rollback of a changed process spec; off unless set.
+        rollback: Option<Rollback> = None,
     }
-    later: ["dependencies", "hold", "on_exit", "watchdog", "rollback"],
+    later: ["hold", "on_exit", "watchdog"],
+    validate: check_supervisor,
+}
+
+fn check_supervisor(supervisor: &mut Supervisor, keys: &Keys<'_>, cx: &mut Cx) {
+    let mut seen = std::collections::HashSet::new();
+    for dependency in &supervisor.dependencies {
+        if !seen.insert(dependency.name.as_str()) {
+            keys.error(
+                cx,
+                "dependencies",
+                format!("dependency name {:?} is used twice", dependency.name),
+            );
+        }
+    }
 }
 
 section! {
@@ -207,8 +227,10 @@ words! {
 
 section! {
     /// `supervisor.process.backoff:` — the delay before restart n is
-    /// `initial × multiplierⁿ`, capped at `max`, ± `jitter`; it resets once
-    /// the process has stayed up for `crash_loop.window`.
+    /// `initial × multiplierⁿ`, capped at `max`, ± `jitter`, where n counts
+    /// failed starts in a row: exits before the process is ready or within
+    /// `reset_after` of it. A process that served for `reset_after` is
+    /// restarted after `initial` (the crash-loop limit still applies).
     pub struct RestartBackoff {
         /// First delay.
         initial: Duration = Duration::from_millis(250),
@@ -221,6 +243,10 @@ section! {
         /// ± this fraction of randomness.
         #[check(fraction())]
         jitter: f64 = 0.2,
+        /// Ready this long and the next exit is a crash after a healthy
+        /// run, not a failed start: the backoff starts again at `initial`.
+        #[check(above_zero())]
+        reset_after: Duration = Duration::from_secs(10),
     }
     validate: check_restart_backoff,
 }

@@ -1088,3 +1088,72 @@ fn every_bad_item_of_a_list_is_reported_at_its_own_index() {
     let error = load(&text).unwrap_err();
     assert_eq!(error.issues.len(), 1, "{error}");
 }
+
+#[test]
+fn operations_keys_decode_and_refuse_what_they_cannot_do() {
+    let text = format!(
+        "{}config_rollback: {{error_rate: 0.5}}
+supervisor:
+  rollback: {{}}
+  dependencies:
+    - {{name: db, tcp: {{address: 127.0.0.1:5432}}}}
+    - {{name: search, http: {{url: \"http://127.0.0.1:9200/_health\"}}, required: false}}
+    - {{name: disk, exec: [test, -d, /tmp], interval: 5s}}
+  process: {{command: app, backoff: {{reset_after: 3s}}}}
+",
+        MINIMAL.replace(
+            "        upstream: app\n",
+            "        upstream: app\n        fault: {abort: {percent: 10}, delay: {percent: 5, duration: 200ms}}\n",
+        )
+    );
+    let config = load(&text).unwrap();
+    let fault = config.listeners[0].routes[0].fault.clone().unwrap();
+    assert_eq!(fault.ttl, Duration::from_secs(300));
+    assert_eq!(fault.abort.unwrap().status, 503);
+    let supervisor = &config.supervisor;
+    assert_eq!(
+        supervisor.rollback.clone().unwrap().window,
+        Duration::from_secs(120)
+    );
+    assert_eq!(supervisor.dependencies.len(), 3);
+    assert_eq!(
+        supervisor.dependencies[1].check,
+        DependencyCheck::Http {
+            address: "127.0.0.1:9200".into(),
+            path: "/_health".into(),
+            expect_status: vec![200],
+        }
+    );
+    assert!(!supervisor.dependencies[1].required);
+    let process = supervisor.process.clone().unwrap();
+    assert_eq!(process.backoff.reset_after, Duration::from_secs(3));
+    assert_eq!(config.config_rollback.clone().unwrap().min_requests, 20);
+    // What reads back prints back.
+    assert_eq!(load(&config.to_yaml()).unwrap().supervisor, *supervisor);
+
+    let bad = format!(
+        "{}supervisor:
+  dependencies:
+    - {{name: db, tcp: {{address: nowhere}}, exec: [/bin/true]}}
+    - {{name: db, http: {{url: \"ftp://x/\"}}}}
+    - {{name: dup, exec: [/bin/true]}}
+    - {{name: dup, exec: [/bin/true]}}
+",
+        MINIMAL.replace(
+            "        upstream: app\n",
+            "        upstream: app\n        fault: {ttl: 2h, abort: {percent: 150, grpc_status: 17}}\n",
+        )
+    );
+    let messages = load(&bad).unwrap_err().to_string();
+    for needle in [
+        "fault.ttl",
+        "fault.abort.percent",
+        "expected a gRPC status code like unavailable or 14, found \"17\"",
+        "give exactly one of tcp, http or exec",
+        "expected host:port",
+        "expected http://host:port/path",
+        "\"dup\" is used twice",
+    ] {
+        assert!(messages.contains(needle), "no {needle:?} in {messages}");
+    }
+}

@@ -24,7 +24,7 @@
 //! `/events/stream` and calls [`EventBus::since`] and [`sse_body`]. It does
 //! not speak TLS yet, so `https://` webhooks are refused at construction.
 
-mod rfc3339;
+pub(crate) mod rfc3339;
 mod sse;
 mod webhook;
 

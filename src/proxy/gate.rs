@@ -15,13 +15,20 @@
 //! process to be ready (the supervisor's own start-up, and later the
 //! hold-and-replay queue and the restart-aware breaker) can await a change
 //! instead of polling.
+//!
+//! The gate also holds an operator's maintenance window (`PUT
+//! /maintenance`): the admin port writes it, the data plane reads one
+//! relaxed load per request (the route's fallback or 503 `maintenance`),
+//! and the supervisor awaits its end before acting again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Whether the process behind an upstream's primary endpoints can serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -80,6 +87,25 @@ pub struct UpstreamGate {
     /// failures only; the client's own failures are not counted).
     tries: AtomicU64,
     failed_tries: AtomicU64,
+    /// The maintenance window, if one is on; `in_maintenance` mirrors it
+    /// for the per-request read and the watch for the supervisor.
+    maintenance: Mutex<Option<Maintenance>>,
+    in_maintenance: watch::Sender<bool>,
+    maintenance_fast: AtomicBool,
+    maintenance_generation: AtomicU64,
+}
+
+/// An operator's maintenance window on one upstream.
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    /// Why, as the operator said.
+    pub reason: String,
+    /// When it ends by itself.
+    pub until: Instant,
+    /// The same on the wall clock, for `/status`.
+    pub until_wall: SystemTime,
+    /// Tells windows apart: a timer ends only its own.
+    pub generation: u64,
 }
 
 // === impl UpstreamGate ===
@@ -94,7 +120,64 @@ impl UpstreamGate {
             failed_over: AtomicBool::new(false),
             tries: AtomicU64::new(0),
             failed_tries: AtomicU64::new(0),
+            maintenance: Mutex::new(None),
+            in_maintenance: watch::channel(false).0,
+            maintenance_fast: AtomicBool::new(false),
+            maintenance_generation: AtomicU64::new(0),
         }
+    }
+
+    /// Starts (or replaces) a maintenance window of `ttl`; returns it.
+    pub fn start_maintenance(&self, reason: String, ttl: Duration) -> Maintenance {
+        let window = Maintenance {
+            reason,
+            until: Instant::now() + ttl,
+            until_wall: SystemTime::now() + ttl,
+            generation: self.maintenance_generation.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        let mut slot = self.maintenance_slot();
+        *slot = Some(window.clone());
+        self.maintenance_fast.store(true, Ordering::Relaxed);
+        self.in_maintenance.send_replace(true);
+        window
+    }
+
+    /// Ends the maintenance window — only window `generation`, when given
+    /// (a TTL timer must not end a window that replaced its own). Returns
+    /// the window that ended.
+    pub fn end_maintenance(&self, generation: Option<u64>) -> Option<Maintenance> {
+        let mut slot = self.maintenance_slot();
+        if generation.is_some_and(|generation| {
+            slot.as_ref()
+                .is_some_and(|window| window.generation != generation)
+        }) {
+            return None;
+        }
+        let ended = slot.take()?;
+        self.maintenance_fast.store(false, Ordering::Relaxed);
+        self.in_maintenance.send_replace(false);
+        Some(ended)
+    }
+
+    /// Whether the upstream is in maintenance (one relaxed load).
+    pub fn in_maintenance(&self) -> bool {
+        self.maintenance_fast.load(Ordering::Relaxed)
+    }
+
+    /// The maintenance window, if one is on.
+    pub fn maintenance(&self) -> Option<Maintenance> {
+        self.maintenance_slot().clone()
+    }
+
+    /// A receiver that sees maintenance start and end.
+    pub fn watch_maintenance(&self) -> watch::Receiver<bool> {
+        self.in_maintenance.subscribe()
+    }
+
+    fn maintenance_slot(&self) -> std::sync::MutexGuard<'_, Option<Maintenance>> {
+        self.maintenance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The upstream's name.
@@ -184,6 +267,23 @@ mod tests {
         watcher.changed().await.unwrap();
         assert_eq!(*watcher.borrow(), Readiness::Starting);
         assert_eq!(gates.get("app").readiness(), Readiness::Starting);
+    }
+
+    #[test]
+    fn a_maintenance_timer_ends_only_its_own_window() {
+        let gate = Gates::default().get("app");
+        let first = gate.start_maintenance("upgrade".into(), Duration::from_secs(60));
+        assert!(gate.in_maintenance());
+        let second = gate.start_maintenance("longer".into(), Duration::from_secs(600));
+        assert!(gate.end_maintenance(Some(first.generation)).is_none());
+        assert!(gate.in_maintenance());
+        assert_eq!(
+            gate.end_maintenance(Some(second.generation))
+                .map(|w| w.reason),
+            Some("longer".to_owned())
+        );
+        assert!(!gate.in_maintenance());
+        assert!(gate.end_maintenance(None).is_none());
     }
 
     #[test]

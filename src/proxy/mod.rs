@@ -19,6 +19,7 @@
 
 pub mod body;
 pub mod conn;
+pub mod faults;
 pub mod framing;
 pub mod gate;
 pub mod guard;

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::faults::Faults;
 use super::gate::Gates;
 use super::layers::admission::{DegradationState, OverloadFlag};
 use super::snapshot::{Snapshot, SnapshotError, Wiring};
@@ -38,6 +39,8 @@ pub struct DataPlane {
     /// Requests shed by breakwater's own limits (bulkhead, connection
     /// queue, overload), since launch: a signal of the automatic level.
     pub sheds: Arc<AtomicU64>,
+    /// Every route's injected fault, kept across reloads.
+    pub faults: Arc<Faults>,
     /// Requests being served now, all listeners.
     pub in_flight: AtomicUsize,
     /// Requests started since launch, all listeners (for heap trimming).
@@ -62,6 +65,7 @@ impl DataPlane {
         let degradation = Arc::new(DegradationState::default());
         degradation.set_configured(config.degradation.level.level());
         let sheds = Arc::new(AtomicU64::new(0));
+        let faults = Arc::new(Faults::default());
         let snapshot = Snapshot::build(
             config,
             1,
@@ -73,8 +77,10 @@ impl DataPlane {
                 overload: &overload,
                 degradation: &degradation,
                 sheds: &sheds,
+                faults: &faults,
             },
         )?;
+        faults.apply_config(&snapshot.config, &events);
         let (shutdown, _) = watch::channel(false);
         Ok(Arc::new(DataPlane {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -84,6 +90,7 @@ impl DataPlane {
             overload,
             degradation,
             sheds,
+            faults,
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             started: Instant::now(),
@@ -111,6 +118,7 @@ impl DataPlane {
                 overload: &self.overload,
                 degradation: &self.degradation,
                 sheds: &self.sheds,
+                faults: &self.faults,
             },
         )
     }
@@ -120,6 +128,7 @@ impl DataPlane {
     pub fn publish(&self, snapshot: Snapshot) {
         self.degradation
             .set_configured(snapshot.config.degradation.level.level());
+        self.faults.apply_config(&snapshot.config, &self.events);
         self.snapshot.store(Arc::new(snapshot));
     }
 

@@ -30,6 +30,9 @@ use crate::grpc::{self, Code};
 /// Header naming why breakwater answered itself.
 pub const REASON_HEADER: &str = "x-breakwater-reason";
 
+/// Header marking a reply shaped by fault injection: `delay` or `abort`.
+pub const FAULT_HEADER: &str = "x-breakwater-fault";
+
 /// A request breakwater answers without (successfully) reaching the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -66,6 +69,16 @@ pub enum Rejection {
     Starting,
     /// The supervisor gave up on the process; an operator must act. 503.
     NeedsIntervention,
+    /// An operator put the upstream in maintenance (`PUT /maintenance`). 503.
+    Maintenance,
+    /// Fault injection aborted the request (`routes[].fault.abort`), with
+    /// the fault's status. The reply carries `x-breakwater-fault: abort`.
+    FaultAbort {
+        /// The status the fault gives.
+        status: StatusCode,
+        /// The `grpc-status` it gives a gRPC call, if the fault says.
+        grpc_status: Option<Code>,
+    },
     /// The client's request body was malformed. 400.
     BadRequestBody,
     /// The client went away (or cut its body short) before an answer. 499,
@@ -164,6 +177,8 @@ impl Rejection {
             Rejection::Degraded => (StatusCode::SERVICE_UNAVAILABLE, "degraded"),
             Rejection::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
             Rejection::NeedsIntervention => (StatusCode::SERVICE_UNAVAILABLE, "needs-intervention"),
+            Rejection::Maintenance => (StatusCode::SERVICE_UNAVAILABLE, "maintenance"),
+            Rejection::FaultAbort { status, .. } => (status, "fault-injected"),
             Rejection::BadRequestBody => (StatusCode::BAD_REQUEST, "bad-request-body"),
             Rejection::ClientGone => (client_closed_request(), "client-gone"),
             Rejection::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -188,6 +203,11 @@ impl Rejection {
             | Rejection::NeedsIntervention => Code::UNAVAILABLE,
             Rejection::BadRequestBody | Rejection::Internal => Code::INTERNAL,
             Rejection::ClientGone => Code::CANCELLED,
+            Rejection::Maintenance => Code::UNAVAILABLE,
+            Rejection::FaultAbort {
+                status,
+                grpc_status,
+            } => grpc_status.unwrap_or_else(|| grpc::from_http_status(status.as_u16())),
         }
     }
 
@@ -227,10 +247,12 @@ pub fn reply(rejection: Rejection, cx: ReplyCx) -> Response<Body> {
     let (status, reason) = rejection.status_and_reason();
     if cx.grpc {
         let mut response = grpc_reply(rejection.grpc_code(), reason);
+        let headers = response.headers_mut();
         if let Some(seconds) = rejection.retry_after() {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Rejection::FaultAbort { .. } = rejection {
+            headers.insert(FAULT_HEADER, HeaderValue::from_static("abort"));
         }
         return response;
     }
@@ -250,6 +272,9 @@ pub fn reply(rejection: Rejection, cx: ReplyCx) -> Response<Body> {
     }
     if let Some(seconds) = rejection.retry_after() {
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Rejection::FaultAbort { .. } = rejection {
+        headers.insert(FAULT_HEADER, HeaderValue::from_static("abort"));
     }
     response
 }
@@ -319,6 +344,44 @@ mod tests {
             .headers()
             .get(RETRY_AFTER)
             .is_none());
+    }
+
+    #[test]
+    fn maintenance_and_injected_aborts_say_so() {
+        let maintenance = reply(Rejection::Maintenance, ReplyCx::default());
+        assert_eq!(maintenance.status(), 503);
+        assert_eq!(maintenance.headers()[REASON_HEADER], "maintenance");
+        assert!(maintenance.headers().get(FAULT_HEADER).is_none());
+        let abort = reply(
+            Rejection::FaultAbort {
+                status: StatusCode::IM_A_TEAPOT,
+                grpc_status: None,
+            },
+            ReplyCx::default(),
+        );
+        assert_eq!(abort.status(), 418);
+        assert_eq!(abort.headers()[REASON_HEADER], "fault-injected");
+        assert_eq!(abort.headers()[FAULT_HEADER], "abort");
+        // A gRPC call gets the fault's grpc_status, or gRPC's reading of
+        // its HTTP status.
+        let grpc = ReplyCx {
+            head: false,
+            grpc: true,
+        };
+        for (grpc_status, expected) in [(Some(Code::new(10).unwrap()), "10"), (None, "14")] {
+            let abort = reply(
+                Rejection::FaultAbort {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    grpc_status,
+                },
+                grpc,
+            );
+            assert_eq!(abort.status(), 200);
+            assert_eq!(abort.headers()["grpc-status"], expected);
+            assert_eq!(abort.headers()[FAULT_HEADER], "abort");
+        }
+        let maintenance = reply(Rejection::Maintenance, grpc);
+        assert_eq!(maintenance.headers()["grpc-status"], "14");
     }
 
     #[test]

@@ -24,13 +24,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 
+use super::faults::Faults;
 use super::gate::Gates;
 use super::layers::admission::{
-    DegradationGate, DegradationLayer, DegradationState, OverloadFlag, OverloadGate, OverloadLayer,
-    ReadinessGate, ReadinessLayer,
+    DegradationGate, DegradationLayer, DegradationState, MaintenanceGate, MaintenanceLayer,
+    OverloadFlag, OverloadGate, OverloadLayer, ReadinessGate, ReadinessLayer,
 };
 use super::layers::breaker::{BreakerLayer, BreakerService};
 use super::layers::bulkhead::{BulkheadLayer, BulkheadService};
+use super::layers::fault::{FaultGate, FaultLayer};
 use super::layers::rate_limit::{RateLimit, RateLimitLayer};
 use super::layers::rescue::{Rescue, RescueLayer, RouteRescue};
 use super::layers::timeout::{RequestTimeout, TimeoutLayer};
@@ -54,13 +56,17 @@ use crate::policy::window::WindowConfig;
 
 /// The stack every route runs, outermost first, in SPEC §3 order:
 /// rescue (stale copy, fallback or breakwater's own reply) → overload →
-/// readiness → rate limit → degradation → circuit breaker → bulkhead →
-/// request timeout → retries → one try.
+/// maintenance → readiness → rate limit → degradation → fault injection →
+/// circuit breaker → bulkhead → request timeout → retries → one try.
 pub type RouteStack = Rescue<
     OverloadGate<
-        ReadinessGate<
-            RateLimit<
-                DegradationGate<BreakerService<BulkheadService<RequestTimeout<Retry<Balance>>>>>,
+        MaintenanceGate<
+            ReadinessGate<
+                RateLimit<
+                    DegradationGate<
+                        FaultGate<BreakerService<BulkheadService<RequestTimeout<Retry<Balance>>>>>,
+                    >,
+                >,
             >,
         >,
     >,
@@ -84,6 +90,8 @@ pub struct Wiring<'a> {
     pub degradation: &'a Arc<DegradationState>,
     /// Requests shed by breakwater's own limits, process-wide.
     pub sheds: &'a Arc<std::sync::atomic::AtomicU64>,
+    /// Every route's fault slot (it outlives the snapshot).
+    pub faults: &'a Arc<Faults>,
 }
 
 /// Why a snapshot could not be built: each problem as a sentence.
@@ -148,6 +156,8 @@ pub struct RoutePlan {
     pub rate_limiter: Option<Arc<RateLimiter>>,
     /// The stale-if-error store, when `stale_if_error` is set.
     pub stale: Option<Arc<StaleStore>>,
+    /// The route's fault slot (config or admin; it outlives the snapshot).
+    pub fault: Arc<super::faults::RouteFault>,
     retry_budget: Option<Arc<RetryBudget>>,
 }
 
@@ -373,14 +383,28 @@ impl RoutePlan {
             report: report.clone(),
             sheds: wiring.sheds.clone(),
         });
+        let fault = wiring.faults.route(&route.name);
         let stack = ServiceBuilder::new()
             .layer(RescueLayer::new(rescue))
             .layer(OverloadLayer::new(wiring.overload.clone()))
+            .layer(MaintenanceLayer::new(upstream.gate().clone()))
             .layer(ReadinessLayer::new(upstream.clone()))
             .layer(RateLimitLayer::new(rate_limiter.clone(), report.clone()))
             .layer(DegradationLayer::new(
                 wiring.degradation.clone(),
                 route.priority,
+            ))
+            .layer(FaultLayer::new(
+                fault.clone(),
+                wiring
+                    .metrics
+                    .faults_injected
+                    .with_label_values(&[&route.name, "delay"]),
+                wiring
+                    .metrics
+                    .faults_injected
+                    .with_label_values(&[&route.name, "abort"]),
+                wiring.faults.injected_5xx.clone(),
             ))
             .layer(BreakerLayer::new(breaker.clone(), report.clone()))
             .layer(BulkheadLayer::new(bulkhead.clone(), report.clone()))
@@ -411,6 +435,7 @@ impl RoutePlan {
             bulkhead,
             rate_limiter,
             stale,
+            fault,
             retry_budget,
         })
     }
@@ -444,6 +469,7 @@ upstreams:
         let overload = Arc::new(OverloadFlag::default());
         let degradation = Arc::new(DegradationState::default());
         let sheds = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let faults = Arc::new(Faults::default());
         let wiring = Wiring {
             metrics: &metrics,
             events: &events,
@@ -451,6 +477,7 @@ upstreams:
             overload: &overload,
             degradation: &degradation,
             sheds: &sheds,
+            faults: &faults,
         };
         Snapshot::build(config, 1, None, &wiring)
     }

@@ -22,10 +22,21 @@
 //! on reload (`Supervisor::reconfigure`): new settings apply at once, a
 //! changed process spec restarts the child with it. [`Supervisors`] holds
 //! the running one for the admin port and the reload path.
+//!
+//! Operations (SPEC §12) sit on the same loop: the child starts only when
+//! its required dependencies are up ([`depends`], checked by [`monitor`])
+//! and recovery holds while one is down; an operator's maintenance window
+//! (on the gate) holds it too; drills ([`drill`]) signal the child and
+//! time the recovery; a changed spec that fails is rolled back to the last
+//! stable one ([`rollback`]).
 
+pub mod depends;
+pub mod drill;
 pub mod ladder;
+pub mod monitor;
 pub mod process;
 pub mod restart;
+pub mod rollback;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -36,15 +47,20 @@ use tokio::time::Instant;
 
 use std::collections::VecDeque;
 
+use tokio::sync::oneshot;
+
 use crate::config::{Config, Process};
 use crate::events::Severity;
 use crate::policy::breaker::BreakerState;
 use crate::proxy::gate::{Readiness, UpstreamGate};
 use crate::proxy::DataPlane;
+use drill::{ActiveDrill, DrillAction, DrillStatus};
 use ladder::{Action, Ladder, LadderConfig};
+use monitor::{DependencyStatus, Monitor, MonitorView};
 use process::LogWatch;
 use process::{ProcessSpec, Running};
 use restart::{Decision, Exit, RestartPolicy, RestartSettings, RestartTracker};
+use rollback::{Deploy, RollbackStatus};
 
 /// What the supervisor is doing, for `/status`.
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +95,17 @@ pub struct Status {
     /// Share of the time since the process first served that it was
     /// serving. The first start is not an outage.
     pub availability: Option<f64>,
+    /// Why the supervisor holds instead of acting (maintenance, a
+    /// dependency down), while it does.
+    pub held_because: Option<String>,
+    /// Required and optional dependencies, as last checked.
+    pub dependencies: Vec<DependencyStatus>,
+    /// The last drill: how fast the trouble was seen and served again.
+    pub last_drill: Option<DrillStatus>,
+    /// The last automatic rollback of the process spec.
+    pub rollback: Option<RollbackStatus>,
+    /// A spec rolled back and not tried again until the config changes it.
+    pub refused_spec: Option<String>,
     #[serde(skip)]
     serving_since_first: Option<Instant>,
     #[serde(skip)]
@@ -112,6 +139,11 @@ impl Status {
             failed_over_by_ladder: false,
             mttr_seconds: None,
             availability: None,
+            held_because: None,
+            dependencies: Vec::new(),
+            last_drill: None,
+            rollback: None,
+            refused_spec: None,
             serving_since_first: None,
             down_since: None,
             downtime: Duration::ZERO,
@@ -129,6 +161,8 @@ enum Command {
     Restart,
     /// Follow a new config section.
     Reconfigure(Box<Settings>),
+    /// Signal the child for a drill; the answer says whether it was sent.
+    Drill(DrillAction, oneshot::Sender<Result<u32, String>>),
     /// Stop the child and end.
     Stop,
 }
@@ -148,6 +182,8 @@ pub struct Supervisor {
     pub upstream: String,
     gate: Arc<UpstreamGate>,
     status: Mutex<Status>,
+    /// The dependency checks' findings, read for `/status`.
+    dependencies: Mutex<Option<MonitorView>>,
     commands: mpsc::UnboundedSender<Command>,
     done: watch::Receiver<bool>,
 }
@@ -172,6 +208,7 @@ impl Supervisor {
             upstream: upstream.clone(),
             gate,
             status: Mutex::new(Status::new(describe_command(&settings.process))),
+            dependencies: Mutex::new(None),
             commands,
             done,
         });
@@ -181,6 +218,7 @@ impl Supervisor {
             name: upstream,
             settings,
             commands: receiver,
+            ready_at: None,
         };
         tokio::spawn(async move {
             task.run().await;
@@ -214,7 +252,36 @@ impl Supervisor {
         status.next_start_in_seconds = status
             .next_start_at
             .map(|at| round_to(at.saturating_duration_since(now).as_secs_f64(), 3));
+        if let Some(view) = self
+            .dependencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            status.dependencies = view.status();
+        }
         status
+    }
+
+    /// A drill: SIGKILL (`kill`) or SIGSTOP (`hang`) to the running child,
+    /// then the triggers and the ladder act as they would for real. Returns
+    /// the pid signalled, or why there is none to drill.
+    pub async fn drill(&self, action: DrillAction) -> Result<u32, String> {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Drill(action, reply)).is_err() {
+            return Err("the supervisor has stopped".to_owned());
+        }
+        match tokio::time::timeout(Duration::from_secs(5), answer).await {
+            Ok(Ok(result)) => result,
+            _ => Err("the supervisor did not answer".to_owned()),
+        }
+    }
+
+    fn set_monitor_view(&self, view: MonitorView) {
+        *self
+            .dependencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(view);
     }
 
     /// Readiness of the supervised process, as the data plane sees it.
@@ -368,14 +435,17 @@ fn round_to(value: f64, places: i32) -> f64 {
 
 /// The command as people read it: its file name and arguments.
 fn describe_command(process: &Process) -> String {
-    let name = std::path::Path::new(&process.command)
-        .file_name()
-        .map_or_else(
-            || process.command.clone(),
-            |name| name.to_string_lossy().into_owned(),
-        );
+    describe_command_of(&spec_of(process))
+}
+
+/// [`describe_command`] of a bare spec.
+fn describe_command_of(spec: &ProcessSpec) -> String {
+    let name = std::path::Path::new(&spec.command).file_name().map_or_else(
+        || spec.command.clone(),
+        |name| name.to_string_lossy().into_owned(),
+    );
     std::iter::once(name)
-        .chain(process.args.iter().cloned())
+        .chain(spec.args.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -398,6 +468,7 @@ fn restart_settings(process: &Process) -> RestartSettings {
         jitter: process.backoff.jitter,
         max_restarts: process.crash_loop.max_restarts,
         window: process.crash_loop.window,
+        reset_after: process.backoff.reset_after,
     }
 }
 
@@ -420,6 +491,8 @@ struct Task {
     name: String,
     settings: Settings,
     commands: mpsc::UnboundedReceiver<Command>,
+    /// When the current run became ready, if it did.
+    ready_at: Option<Instant>,
 }
 
 /// Samples of the gate's try counters, for the error-rate trigger.
@@ -454,21 +527,49 @@ struct Memory {
     ladder: Ladder,
     log_matches: mpsc::Receiver<Action>,
     log_watch: Option<LogWatch>,
+    /// The dependency checks.
+    monitor: Monitor,
+    /// The drill under way, if any.
+    drill: Option<ActiveDrill>,
+    /// A changed spec under watch for rollback.
+    deploy: Option<Deploy>,
+    /// The last spec that ran ready for the rollback's `stable_for`.
+    last_stable: Option<Process>,
+    /// A spec rolled back: not tried again until the config changes it.
+    refused: Option<ProcessSpec>,
+    /// Whether the current hold (a dependency down) was announced.
+    hold_announced: bool,
 }
 
 impl Task {
     async fn run(mut self) {
         let (matches_tx, log_matches) = mpsc::channel(16);
+        let monitor = Monitor::start(
+            &self.settings.section.dependencies,
+            &self.name,
+            &self.plane.events,
+        );
+        self.supervisor.set_monitor_view(monitor.view());
         let mut memory = Memory {
             tracker: RestartTracker::new(restart_settings(&self.settings.process)),
             ladder: Ladder::new(ladder_config(&self.settings.section)),
             log_matches,
             log_watch: None,
+            monitor,
+            drill: None,
+            deploy: None,
+            last_stable: None,
+            refused: None,
+            hold_announced: false,
         };
         memory.log_watch = self.log_watch(&matches_tx);
         self.supervisor
             .set_readiness(&self.plane, Readiness::Starting);
         loop {
+            // Nothing starts before what it needs is up.
+            if let Resume::Stop = self.await_dependencies(&mut memory, &matches_tx).await {
+                break;
+            }
             let spec = spec_of(&self.settings.process);
             let mut running = match process::spawn(&spec, &self.name, memory.log_watch.clone()) {
                 Ok(running) => running,
@@ -485,6 +586,9 @@ impl Task {
                         Severity::Critical,
                         &why,
                     );
+                    if self.roll_back(&mut memory, &why, &matches_tx) {
+                        continue;
+                    }
                     match self
                         .halt("needs_intervention", why, &mut memory, &matches_tx)
                         .await
@@ -495,6 +599,7 @@ impl Task {
                 }
             };
             let started = Instant::now();
+            self.ready_at = None;
             let pid = running.pid;
             let command = describe_command(&self.settings.process);
             self.supervisor.update(|status| {
@@ -504,6 +609,7 @@ impl Task {
                 status.started_at = Some(started);
                 status.next_start_at = None;
                 status.halted_because = None;
+                status.held_because = None;
             });
             self.plane.events.emit(
                 "process_start",
@@ -517,12 +623,10 @@ impl Task {
                 .await;
             self.supervisor
                 .set_readiness(&self.plane, Readiness::Starting);
-            let signal = stop_signal(&self.settings.process);
-            let grace = self.settings.process.stop_grace;
             let exit = match ended {
                 Ended::Exited(exit) => exit,
                 Ended::Restart(reason) => {
-                    let exit = running.stop(signal, grace).await;
+                    let exit = self.stop_child(&mut running, &memory).await;
                     self.record_end(exit);
                     // `operator_reset` has counted an operator's restart.
                     if reason != "admin" {
@@ -537,8 +641,9 @@ impl Task {
                     continue;
                 }
                 Ended::Stop => {
-                    let exit = running.stop(signal, grace).await;
+                    let exit = self.stop_child(&mut running, &memory).await;
                     self.record_end(exit);
+                    self.interrupt_drill(&mut memory);
                     self.supervisor.update(|status| status.state = "stopped");
                     self.plane.events.emit(
                         "process_stop",
@@ -550,8 +655,42 @@ impl Task {
                 }
             };
             let now = Instant::now();
-            let decision = memory.tracker.on_exit(exit, started, now, rand::random());
+            self.drill_detected(&mut memory, "exit", now);
             self.record_end(exit);
+            let ready_at = self.ready_at.take();
+            let reset_after = self.settings.process.backoff.reset_after;
+            let failed_start =
+                ready_at.is_none_or(|at| now.saturating_duration_since(at) < reset_after);
+            if failed_start {
+                let when = if ready_at.is_none() {
+                    "before it was ready"
+                } else {
+                    "soon after it was ready"
+                };
+                let why = format!("pid {pid} exited {when} ({})", describe(exit));
+                if self.roll_back(&mut memory, &why, &matches_tx) {
+                    continue;
+                }
+            }
+            if self.supervisor.gate.in_maintenance() {
+                // Hands off: the operator is working on it.
+                self.plane.events.emit(
+                    "process_exit",
+                    &self.name,
+                    Severity::Warning,
+                    &format!(
+                        "pid {pid}: {}; not restarted while the upstream is in maintenance",
+                        describe(exit)
+                    ),
+                );
+                match self.hold_for_maintenance(&mut memory, &matches_tx).await {
+                    Resume::Start => continue,
+                    Resume::Stop => break,
+                }
+            }
+            let decision = memory
+                .tracker
+                .on_exit(exit, started, ready_at, now, rand::random());
             let why = match decision {
                 Decision::Restart { after } => {
                     let reason = if matches!(exit, Exit::Signal(_)) {
@@ -560,6 +699,21 @@ impl Task {
                         "exit"
                     };
                     self.count_restart(reason);
+                    if let depends::Verdict::Hold { waiting_for } = memory.monitor.verdict() {
+                        // A restart cannot fix a missing dependency: the
+                        // loop's top waits for it.
+                        self.plane.events.emit(
+                            "process_exit",
+                            &self.name,
+                            Severity::Warning,
+                            &format!(
+                                "pid {pid}: {}; restart waits for {}",
+                                describe(exit),
+                                waiting_for.join(", ")
+                            ),
+                        );
+                        continue;
+                    }
                     self.plane.events.emit(
                         "process_exit",
                         &self.name,
@@ -609,6 +763,20 @@ impl Task {
         }
     }
 
+    /// Stops the running child (stop signal, SIGKILL after the grace); a
+    /// child a drill hung is continued first, so it can honour the signal.
+    async fn stop_child(&self, running: &mut Running, memory: &Memory) -> Exit {
+        if memory
+            .drill
+            .as_ref()
+            .is_some_and(|drill| drill.action == DrillAction::Hang && drill.pid == running.pid)
+        {
+            running.signal(libc::SIGCONT);
+        }
+        let signal = stop_signal(&self.settings.process);
+        running.stop(signal, self.settings.process.stop_grace).await
+    }
+
     fn log_watch(&self, matches: &mpsc::Sender<Action>) -> Option<LogWatch> {
         let patterns: Vec<(regex::Regex, Action)> = self
             .settings
@@ -624,18 +792,46 @@ impl Task {
     }
 
     /// Takes new settings. Returns whether the process spec changed (then
-    /// the child must be restarted with the new one).
+    /// the child must be restarted with the new one). A spec that was
+    /// rolled back is not taken again until the config changes it.
     fn reconfigure(
         &mut self,
-        settings: Settings,
+        mut settings: Settings,
         memory: &mut Memory,
         matches: &mpsc::Sender<Action>,
     ) -> bool {
+        let wanted = spec_of(&settings.process);
+        let refused = memory.refused.as_ref() == Some(&wanted);
+        if refused {
+            // The config still names the spec that was rolled back.
+            settings.process = self.settings.process.clone();
+        } else if memory.refused.take().is_some() {
+            self.supervisor.update(|status| status.refused_spec = None);
+        }
         let spec_changed = spec_of(&settings.process) != spec_of(&self.settings.process);
         memory
             .tracker
             .reconfigure(restart_settings(&settings.process));
         memory.ladder.reconfigure(ladder_config(&settings.section));
+        if settings.section.dependencies != memory.monitor.dependencies() {
+            memory.monitor = Monitor::start(
+                &settings.section.dependencies,
+                &self.name,
+                &self.plane.events,
+            );
+            self.supervisor.set_monitor_view(memory.monitor.view());
+        }
+        if spec_changed {
+            memory.deploy = match (&settings.section.rollback, &memory.last_stable) {
+                (Some(rollback), Some(good)) if spec_of(good) != wanted => Some(Deploy {
+                    good: good.clone(),
+                    started: Instant::now(),
+                    settings: rollback.clone(),
+                    tries_at_start: self.supervisor.gate.try_counts(),
+                }),
+                _ => None,
+            };
+        }
         self.settings = settings;
         memory.log_watch = self.log_watch(matches);
         if spec_changed {
@@ -648,8 +844,187 @@ impl Task {
                     describe_command(&self.settings.process)
                 ),
             );
+        } else if refused {
+            self.plane.events.emit(
+                "config_reload",
+                &self.name,
+                Severity::Warning,
+                &format!(
+                    "process spec {} was rolled back; it is not tried again until the config changes it",
+                    describe_command_of(&wanted)
+                ),
+            );
         }
         spec_changed
+    }
+
+    /// Restores the last stable spec when a changed one fails within its
+    /// rollback window; true when it did (start the restored spec now).
+    fn roll_back(
+        &mut self,
+        memory: &mut Memory,
+        reason: &str,
+        matches: &mpsc::Sender<Action>,
+    ) -> bool {
+        let Some(deploy) = memory.deploy.take() else {
+            return false;
+        };
+        if deploy.accepted(Instant::now()) {
+            return false;
+        }
+        let bad = std::mem::replace(&mut self.settings.process, deploy.good);
+        let (from, to) = (
+            describe_command(&bad),
+            describe_command(&self.settings.process),
+        );
+        memory.refused = Some(spec_of(&bad));
+        memory
+            .tracker
+            .reconfigure(restart_settings(&self.settings.process));
+        memory.tracker.reset();
+        memory.log_watch = self.log_watch(matches);
+        self.plane
+            .metrics
+            .rollbacks
+            .with_label_values(&["process"])
+            .inc();
+        self.plane.events.emit(
+            "rollback",
+            &self.name,
+            Severity::Critical,
+            &format!(
+                "process spec {from} rolled back to {to}: {reason}; {from} is not tried again until the config changes it"
+            ),
+        );
+        let status = RollbackStatus {
+            from: from.clone(),
+            to,
+            reason: reason.to_owned(),
+            at: crate::events::rfc3339::now(),
+        };
+        self.supervisor.update(|s| {
+            s.rollback = Some(status);
+            s.refused_spec = Some(from);
+        });
+        true
+    }
+
+    /// Waits until every required dependency is up. Past `startup_timeout`
+    /// the upstream says it needs intervention (and a critical event says
+    /// why), but the process still starts as soon as they are up.
+    async fn await_dependencies(
+        &mut self,
+        memory: &mut Memory,
+        matches: &mpsc::Sender<Action>,
+    ) -> Resume {
+        let started = Instant::now();
+        let mut gave_up = false;
+        loop {
+            let depends::Verdict::Hold { waiting_for } = memory.monitor.verdict() else {
+                if gave_up {
+                    self.supervisor
+                        .set_readiness(&self.plane, Readiness::Starting);
+                }
+                return Resume::Start;
+            };
+            let waiting = format!("waiting for dependencies: {}", waiting_for.join(", "));
+            self.supervisor.update(|status| {
+                if status.held_because.as_deref() != Some(waiting.as_str()) {
+                    status.held_because = Some(waiting.clone());
+                }
+                if !gave_up {
+                    status.state = "waiting";
+                }
+                status.pid = None;
+            });
+            let deadline = started + self.settings.section.startup_timeout;
+            tokio::select! {
+                _ = memory.monitor.changed() => {}
+                _ = tokio::time::sleep_until(deadline), if !gave_up => {
+                    gave_up = true;
+                    let why = format!(
+                        "required dependencies still down after {}: {}; the process starts when they are up",
+                        crate::units::format_duration(self.settings.section.startup_timeout),
+                        waiting_for.join(", ")
+                    );
+                    self.plane.events.emit("startup_timeout", &self.name, Severity::Critical, &why);
+                    self.supervisor.set_readiness(&self.plane, Readiness::NeedsIntervention);
+                    self.supervisor.update(|status| {
+                        status.state = "needs_intervention";
+                        status.halted_because = Some(why);
+                    });
+                }
+                command = self.commands.recv() => match command {
+                    // An operator's restart clears the history, but a missing
+                    // dependency is not the supervisor's to skip.
+                    Some(Command::Restart) => self.operator_reset(memory),
+                    Some(Command::Reconfigure(settings)) => {
+                        let _ = self.reconfigure(*settings, memory, matches);
+                    }
+                    Some(Command::Drill(_, reply)) => {
+                        let _ = reply.send(Err("no process is running: it waits for its dependencies".to_owned()));
+                    }
+                    Some(Command::Stop) | None => {
+                        self.supervisor.update(|status| status.state = "stopped");
+                        return Resume::Stop;
+                    }
+                },
+            }
+        }
+    }
+
+    /// The process exited while the upstream is in maintenance: it is not
+    /// restarted until the maintenance ends (by the admin port or its TTL),
+    /// an operator restarts it, or a reload changes its spec.
+    async fn hold_for_maintenance(
+        &mut self,
+        memory: &mut Memory,
+        matches: &mpsc::Sender<Action>,
+    ) -> Resume {
+        let gate = self.supervisor.gate.clone();
+        let mut maintenance = gate.watch_maintenance();
+        self.supervisor.update(|status| {
+            status.state = "maintenance";
+            status.pid = None;
+            status.next_start_at = None;
+            status.held_because = Some("the upstream is in maintenance".to_owned());
+        });
+        loop {
+            if !gate.in_maintenance() {
+                self.plane.events.emit(
+                    "process_restart",
+                    &self.name,
+                    Severity::Info,
+                    "maintenance ended; starting the process",
+                );
+                return Resume::Start;
+            }
+            tokio::select! {
+                changed = maintenance.changed() => {
+                    if changed.is_err() {
+                        return Resume::Start;
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    Some(Command::Restart) => {
+                        self.operator_reset(memory);
+                        return Resume::Start;
+                    }
+                    Some(Command::Reconfigure(settings)) => {
+                        if self.reconfigure(*settings, memory, matches) {
+                            return Resume::Start;
+                        }
+                    }
+                    Some(Command::Drill(_, reply)) => {
+                        let _ = reply.send(Err("the upstream is in maintenance".to_owned()));
+                    }
+                    Some(Command::Stop) | None => {
+                        self.supervisor.update(|status| status.state = "stopped");
+                        return Resume::Stop;
+                    }
+                },
+            }
+        }
     }
 
     /// Waits out a restart backoff; an operator's restart or a new spec
@@ -664,7 +1039,12 @@ impl Task {
         tokio::pin!(wake);
         loop {
             tokio::select! {
-                _ = wake.as_mut() => return Resume::Start,
+                _ = wake.as_mut() => {
+                    if self.supervisor.gate.in_maintenance() {
+                        return self.hold_for_maintenance(memory, matches).await;
+                    }
+                    return Resume::Start;
+                }
                 command = self.commands.recv() => match command {
                     Some(Command::Restart) => {
                         self.operator_reset(memory);
@@ -674,6 +1054,9 @@ impl Task {
                         if self.reconfigure(*settings, memory, matches) {
                             return Resume::Start;
                         }
+                    }
+                    Some(Command::Drill(_, reply)) => {
+                        let _ = reply.send(Err("no process is running: it is backing off".to_owned()));
                     }
                     Some(Command::Stop) | None => {
                         self.supervisor.update(|status| status.state = "stopped");
@@ -716,6 +1099,9 @@ impl Task {
                         return Resume::Start;
                     }
                 }
+                Some(Command::Drill(_, reply)) => {
+                    let _ = reply.send(Err("no process is running".to_owned()));
+                }
                 Some(Command::Stop) | None => {
                     self.supervisor.update(|status| status.state = "stopped");
                     return Resume::Stop;
@@ -729,6 +1115,7 @@ impl Task {
     fn operator_reset(&self, memory: &mut Memory) {
         memory.tracker.reset();
         memory.ladder.reset();
+        self.interrupt_drill(memory);
         self.supervisor.update(|status| {
             status.escalated = false;
             status.halted_because = None;
@@ -742,10 +1129,165 @@ impl Task {
         );
     }
 
+    /// Starts a drill on the running child.
+    fn start_drill(
+        &self,
+        action: DrillAction,
+        running: &Running,
+        memory: &mut Memory,
+    ) -> Result<u32, String> {
+        if self.supervisor.gate.in_maintenance() {
+            return Err(
+                "the upstream is in maintenance: the supervisor takes no action".to_owned(),
+            );
+        }
+        if memory.drill.is_some() {
+            return Err("a drill is already under way".to_owned());
+        }
+        if self.ready_at.is_none() {
+            return Err("the process is not serving yet".to_owned());
+        }
+        let drill = ActiveDrill {
+            action,
+            pid: running.pid,
+            started: Instant::now(),
+            detected: None,
+        };
+        running.signal(action.signal());
+        let status = drill.status();
+        self.supervisor.update(|s| s.last_drill = Some(status));
+        self.plane.events.emit(
+            "drill",
+            &self.name,
+            Severity::Warning,
+            &format!(
+                "{}: sent {} to pid {}",
+                action.as_str(),
+                if action == DrillAction::Kill {
+                    "SIGKILL"
+                } else {
+                    "SIGSTOP"
+                },
+                running.pid
+            ),
+        );
+        memory.drill = Some(drill);
+        Ok(running.pid)
+    }
+
+    /// The drill's trouble was seen `by` an exit or a trigger at `now`.
+    fn drill_detected(&self, memory: &mut Memory, by: &'static str, now: Instant) {
+        let Some(drill) = memory.drill.as_mut() else {
+            return;
+        };
+        if drill.detect(by, now) {
+            let seconds = now.saturating_duration_since(drill.started).as_secs_f64();
+            self.supervisor.update(|status| {
+                if let Some(last) = status.last_drill.as_mut() {
+                    last.detected_by = Some(by);
+                    last.detection_seconds = Some(seconds);
+                }
+            });
+        }
+    }
+
+    /// The upstream serves again: the drill under way, if any, is done.
+    /// A hung child still running (the recovery was a failover) is
+    /// continued.
+    fn drill_recovered(&self, memory: &mut Memory, running: &Running, now: Instant) {
+        let Some(drill) = memory.drill.take() else {
+            return;
+        };
+        if drill.action == DrillAction::Hang && drill.pid == running.pid {
+            running.signal(libc::SIGCONT);
+        }
+        let (detection, recovery) = drill.times(now);
+        let by = drill.detected.map_or("recovery", |(_, by)| by);
+        self.plane
+            .metrics
+            .drill_recovery
+            .with_label_values(&[drill.action.as_str()])
+            .observe(recovery);
+        self.supervisor.update(|status| {
+            if let Some(last) = status.last_drill.as_mut() {
+                last.state = "recovered";
+                last.detected_by = Some(by);
+                last.detection_seconds = Some(detection);
+                last.recovery_seconds = Some(recovery);
+            }
+        });
+        self.plane.events.emit(
+            "drill",
+            &self.name,
+            Severity::Info,
+            &format!(
+                "{} of pid {}: detected by {by} after {detection:.3}s; serving again after {recovery:.3}s",
+                drill.action.as_str(),
+                drill.pid
+            ),
+        );
+    }
+
+    /// The drill under way will not finish (an operator stepped in, or
+    /// breakwater stops).
+    fn interrupt_drill(&self, memory: &mut Memory) {
+        if memory.drill.take().is_some() {
+            self.supervisor.update(|status| {
+                if let Some(last) = status.last_drill.as_mut() {
+                    last.state = "interrupted";
+                }
+            });
+        }
+    }
+
+    /// Whether the supervisor holds instead of acting on a trigger: the
+    /// upstream is in maintenance, or a required dependency is down (a
+    /// restart cannot fix it). Announces a dependency hold once.
+    fn holds(&self, memory: &mut Memory, reason: &str) -> bool {
+        if self.supervisor.gate.in_maintenance() {
+            return true;
+        }
+        match memory.monitor.verdict() {
+            depends::Verdict::Proceed => {
+                if memory.hold_announced {
+                    memory.hold_announced = false;
+                    self.supervisor.update(|status| status.held_because = None);
+                }
+                false
+            }
+            depends::Verdict::Hold { waiting_for } => {
+                if !memory.hold_announced {
+                    memory.hold_announced = true;
+                    let why = format!("{} down", waiting_for.join(", "));
+                    self.plane.events.emit(
+                        "recovery_held",
+                        &self.name,
+                        Severity::Warning,
+                        &format!("{reason}: no action while {why}; a restart cannot fix it"),
+                    );
+                    self.supervisor
+                        .update(|status| status.held_because = Some(why));
+                }
+                true
+            }
+        }
+    }
+
+    /// A dependency hold announced earlier is over once every required
+    /// dependency is up again.
+    fn release_hold(&self, memory: &mut Memory) {
+        if memory.hold_announced && !memory.monitor.verdict().holds() {
+            memory.hold_announced = false;
+            self.supervisor.update(|status| status.held_because = None);
+        }
+    }
+
     /// Waits for the process to accept connections (`startup_timeout`
     /// expiring is a trigger for the ladder), then watches it: its exit,
     /// commands, log pattern matches, and the triggers sampled every
-    /// [`MONITOR_EVERY`], acting on the recovery ladder's decisions.
+    /// [`MONITOR_EVERY`], acting on the recovery ladder's decisions — or
+    /// holding (maintenance, a dependency down), or rolling a new spec
+    /// back.
     async fn watch(
         &mut self,
         running: &mut Running,
@@ -775,43 +1317,86 @@ impl Task {
                         }
                         (None, "")
                     }
+                    Some(Command::Drill(action, reply)) => {
+                        let _ = reply.send(self.start_drill(action, running, memory));
+                        (None, "")
+                    }
                     Some(Command::Stop) | None => return Ended::Stop,
                 },
-                Some(action) = memory.log_matches.recv() => (Some(action), "log_pattern"),
+                Some(action) = memory.log_matches.recv() => {
+                    self.drill_detected(memory, "log_pattern", Instant::now());
+                    if self.holds(memory, "log_pattern") {
+                        (None, "")
+                    } else {
+                        (Some(action), "log_pattern")
+                    }
+                }
                 _ = probe.tick(), if !ready => {
                     let address = &self.settings.probe_address;
                     if tokio::net::TcpStream::connect(address).await.is_ok() {
                         ready = true;
+                        let now = Instant::now();
+                        self.ready_at = Some(now);
                         self.supervisor.set_readiness(&self.plane, Readiness::Ready);
                         self.supervisor.update(|status| status.state = "running");
                         self.plane.events.emit("process_ready", &self.name, Severity::Info, &format!("pid {pid}"));
+                        self.drill_recovered(memory, running, now);
                         (None, "")
                     } else if !startup_timed_out
                         && started.elapsed() >= self.settings.section.startup_timeout
                     {
                         startup_timed_out = true;
-                        self.plane.events.emit(
-                            "startup_timeout",
-                            &self.name,
-                            Severity::Warning,
-                            &format!(
-                                "pid {pid} did not accept connections within {}",
-                                crate::units::format_duration(self.settings.section.startup_timeout)
-                            ),
+                        let why = format!(
+                            "pid {pid} did not accept connections within {}",
+                            crate::units::format_duration(self.settings.section.startup_timeout)
                         );
-                        (memory.ladder.on_trigger(Instant::now()), "startup_timeout")
+                        self.plane.events.emit("startup_timeout", &self.name, Severity::Warning, &why);
+                        self.drill_detected(memory, "startup_timeout", Instant::now());
+                        if self.roll_back(memory, &why, matches) {
+                            return Ended::Restart("rollback");
+                        }
+                        if self.holds(memory, "startup_timeout") {
+                            (None, "")
+                        } else {
+                            (memory.ladder.on_trigger(Instant::now()), "startup_timeout")
+                        }
                     } else {
                         (None, "")
                     }
                 }
                 _ = ticks.tick(), if ready => {
                     let now = Instant::now();
+                    if self.supervisor.gate.in_maintenance() {
+                        // Hands off: no trigger acts, no healthy time counts.
+                        healthy_since = None;
+                        continue;
+                    }
+                    if let Some(why) = memory.deploy.as_ref().and_then(|deploy| {
+                        let (tries, failed) = self.supervisor.gate.try_counts();
+                        deploy.error_rate_crossed(tries, failed)
+                    }) {
+                        if self.roll_back(memory, &why, matches) {
+                            return Ended::Restart("rollback");
+                        }
+                    }
                     match self.trigger(pid, now, &mut breaker_open_since, &mut samples) {
                         Some(reason) => {
                             healthy_since = None;
-                            (memory.ladder.on_trigger(now), reason)
+                            self.drill_detected(memory, reason, now);
+                            if reason == "health_check"
+                                && self.roll_back(memory, &format!("pid {pid} failed its health check"), matches)
+                            {
+                                return Ended::Restart("rollback");
+                            }
+                            if self.holds(memory, reason) {
+                                (None, "")
+                            } else {
+                                (memory.ladder.on_trigger(now), reason)
+                            }
                         }
                         None => {
+                            self.release_hold(memory);
+                            self.note_stable(memory, now);
                             let since = *healthy_since.get_or_insert(now);
                             if now.saturating_duration_since(since) >= self.settings.section.failback.stable_for
                                 && self.failback_after_ladder()
@@ -838,9 +1423,41 @@ impl Task {
                 }
             };
             let Some(action) = action else { continue };
-            if let Some(ended) = self.act(action, reason, memory).await {
+            let ended = self.act(action, reason, memory).await;
+            if action == Action::Failover && self.supervisor.gate.is_failed_over() {
+                // Serving again, from the backups.
+                self.drill_recovered(memory, running, Instant::now());
+            }
+            if let Some(ended) = ended {
                 return ended;
             }
+        }
+    }
+
+    /// A run ready for `stable_for` with no deploy under watch is the spec
+    /// a later rollback restores; a deploy past its window is kept.
+    fn note_stable(&self, memory: &mut Memory, now: Instant) {
+        if memory
+            .deploy
+            .as_ref()
+            .is_some_and(|deploy| deploy.accepted(now))
+        {
+            memory.deploy = None;
+        }
+        if memory.deploy.is_some() {
+            return;
+        }
+        let stable_for = self
+            .settings
+            .section
+            .rollback
+            .as_ref()
+            .map_or(rollback::DEFAULT_STABLE_FOR, |rollback| rollback.stable_for);
+        let stable = self
+            .ready_at
+            .is_some_and(|at| now.saturating_duration_since(at) >= stable_for);
+        if stable && memory.last_stable.as_ref() != Some(&self.settings.process) {
+            memory.last_stable = Some(self.settings.process.clone());
         }
     }
 
@@ -988,7 +1605,15 @@ impl Task {
         }
         let snapshot = self.plane.snapshot();
         let pool = snapshot.upstream(&self.name)?;
-        if pool.config.health_check.is_some()
+        // A process just started is judged by the checks made since: the
+        // endpoint may still be marked unhealthy from the run before, until
+        // `healthy_threshold` probes of this one have passed.
+        let judged = pool.config.health_check.as_ref().is_some_and(|check| {
+            let grace = check.interval * check.healthy_threshold + check.timeout;
+            self.ready_at
+                .is_some_and(|ready| now.saturating_duration_since(ready) >= grace)
+        });
+        if judged
             && !pool.endpoints().is_empty()
             && pool
                 .endpoints()

@@ -16,6 +16,7 @@ mod first_hour;
 mod grpc;
 mod hardening;
 mod lifecycle;
+mod operations;
 mod policies;
 mod proxy;
 mod reload;

@@ -10,6 +10,9 @@
 //!   unless a backup endpoint can take them — and once the supervisor has
 //!   given up, 503 `needs-intervention`. The layer reads the upstream's
 //!   [`UpstreamGate`]; it never asks the supervisor.
+//! - [`MaintenanceLayer`]: while an operator has the route's upstream in
+//!   maintenance (`PUT /maintenance`), requests get the route's fallback or
+//!   503 `maintenance`, backups or not: the operator said hands off.
 //! - [`DegradationLayer`]: at a degradation level that sheds the route's
 //!   priority (SPEC §4.3), the request gets the route's fallback or 503
 //!   `degraded` without reaching the upstream. The level is the
@@ -228,6 +231,60 @@ where
             _ => Decided::Running {
                 inner: self.inner.call(request),
             },
+        }
+    }
+}
+
+// === maintenance ===
+
+/// Refuses requests to an upstream in maintenance.
+#[derive(Clone)]
+pub struct MaintenanceLayer {
+    gate: Arc<UpstreamGate>,
+}
+
+impl MaintenanceLayer {
+    /// Refuses while `gate`'s upstream is in maintenance.
+    pub fn new(gate: Arc<UpstreamGate>) -> Self {
+        MaintenanceLayer { gate }
+    }
+}
+
+impl<S> Layer<S> for MaintenanceLayer {
+    type Service = MaintenanceGate<S>;
+    fn layer(&self, inner: S) -> MaintenanceGate<S> {
+        MaintenanceGate {
+            inner,
+            gate: self.gate.clone(),
+        }
+    }
+}
+
+/// See [`MaintenanceLayer`].
+#[derive(Clone)]
+pub struct MaintenanceGate<S> {
+    inner: S,
+    gate: Arc<UpstreamGate>,
+}
+
+impl<S> Service<Request<Body>> for MaintenanceGate<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = StackError>,
+{
+    type Response = Response<Body>;
+    type Error = StackError;
+    type Future = Decided<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StackError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if self.gate.in_maintenance() {
+            return Decided::refuse(Rejection::Maintenance);
+        }
+        Decided::Running {
+            inner: self.inner.call(request),
         }
     }
 }

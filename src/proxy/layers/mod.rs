@@ -5,9 +5,11 @@
 //! | --- | --- | --- |
 //! | [`rescue::RescueLayer`] | `reject::reply` | — (turns every refusal below into breakwater's reply) |
 //! | [`admission::OverloadLayer`] | `policy::overload::Level`, sampled | 503 `overload` |
+//! | [`admission::MaintenanceLayer`] | the upstream's `gate::UpstreamGate` | 503 `maintenance` |
 //! | [`admission::ReadinessLayer`] | the upstream's `gate::UpstreamGate` | 503 `starting` / `needs-intervention` |
 //! | [`rate_limit::RateLimitLayer`] | `policy::rate_limit::RateLimiter` | 429 `rate-limited` |
 //! | [`admission::DegradationLayer`] | the level (`policy::degradation`) × the route's priority | 503 `degraded` |
+//! | [`fault::FaultLayer`] | the route's `faults::RouteFault` | the fault's status, `fault-injected` (or a delay) |
 //! | [`breaker::BreakerLayer`] | `policy::breaker::Breaker` | 503 `breaker-open` |
 //! | [`bulkhead::BulkheadLayer`] | `policy::bulkhead::Bulkhead` | 503 `shed` |
 //! | [`timeout::TimeoutLayer`] | `timeouts.request`, capped by `grpc-timeout` | 504 `timeout` |
@@ -17,13 +19,15 @@
 //! policy, and either refuse with a [`Rejection`] or call the next layer.
 //! Decisions live in `policy/`; what a decision means on the wire lives in
 //! `reject.rs`; metrics and events go through `report::RouteReport`.
-//! Later admission steps (maintenance, fault injection) are layers here
-//! too, between the readiness gate and the breaker. A gRPC call gets
+//! Maintenance sits above readiness (an upstream in maintenance says so
+//! even while its process is down); fault injection sits after the rate
+//! limit and before the breaker (see `fault.rs` for why). A gRPC call gets
 //! every refusal as a gRPC status (`reject.rs`).
 
 pub mod admission;
 pub mod breaker;
 pub mod bulkhead;
+pub mod fault;
 pub mod rate_limit;
 pub mod rescue;
 pub mod timeout;

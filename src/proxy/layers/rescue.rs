@@ -350,11 +350,14 @@ fn fallback_when(error: StackError) -> Option<FallbackWhen> {
             Rejection::RateLimited { .. } => FallbackWhen::RateLimited,
             Rejection::Degraded => FallbackWhen::Degraded,
             Rejection::Starting | Rejection::NeedsIntervention => FallbackWhen::Unavailable,
+            Rejection::Maintenance => FallbackWhen::Maintenance,
             Rejection::Timeout => FallbackWhen::Timeout,
             Rejection::UpstreamUnavailable | Rejection::UpstreamReset => {
                 FallbackWhen::UpstreamFailure
             }
-            Rejection::NoRoute
+            // An injected abort is meant to reach the caller as it is.
+            Rejection::FaultAbort { .. }
+            | Rejection::NoRoute
             | Rejection::BadRequestBody
             | Rejection::ClientGone
             | Rejection::Internal => return None,
