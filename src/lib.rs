@@ -16,6 +16,10 @@
 //! - [`reload`]: SIGHUP / admin / file-watch reloads, one atomic swap.
 //! - [`run`]: start-up, wiring and graceful drain.
 //! - [`sampler`] and [`sys`]: breakwater's own memory, sampled and read.
+//! - [`tls`]: PEM files → rustls configs for listeners, upstreams and
+//!   webhooks.
+//! - [`intercept`]: transparent interception — the `breakwater iptables`
+//!   rules and the original destination of a redirected connection.
 //! - [`metrics`], [`events`], [`telemetry`], [`units`]: shared plumbing.
 //! - [`cli`], [`sim`], [`demo`]: the command line, the controllable
 //!   upstream and the guided tour.
@@ -25,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod intercept;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
@@ -35,4 +40,5 @@ pub mod sim;
 pub mod supervisor;
 pub mod sys;
 pub mod telemetry;
+pub mod tls;
 pub mod units;

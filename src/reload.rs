@@ -22,11 +22,19 @@
 //! directory reports noisily; comparing content is correct for symlink
 //! swaps, editors that rename, and network filesystems alike, and a config
 //! file costs nothing to read.
+//!
+//! TLS files (listeners' certificates, keys and client CAs; upstreams'
+//! CAs and client certificates) are watched the same way, in the same
+//! poll: a change to any of them reloads, and so does a SIGHUP or admin
+//! reload after one, even with the config file itself unchanged — the new
+//! snapshot reads them again (cert-manager and Kubernetes secret mounts
+//! rotate certificates by the same `..data` swap as ConfigMaps).
+//! Connections already open keep the certificate they were made with.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::config::{self, Config, ConfigError, ConfigIssue, Overrides};
@@ -74,6 +82,8 @@ pub struct Reloader {
     overrides: Overrides,
     /// Serialises reloads so two triggers cannot interleave.
     lock: tokio::sync::Mutex<()>,
+    /// The content of the TLS files the serving snapshot was built from.
+    tls_seen: Mutex<u64>,
 }
 
 // === impl Reloader ===
@@ -86,12 +96,14 @@ impl Reloader {
         source: ConfigSource,
         overrides: Overrides,
     ) -> Self {
+        let tls_seen = Mutex::new(tls_fingerprint(&plane.snapshot().config));
         Reloader {
             plane,
             supervisors,
             source,
             overrides,
             lock: tokio::sync::Mutex::new(()),
+            tls_seen,
         }
     }
 
@@ -106,8 +118,10 @@ impl Reloader {
         });
         let metrics = &self.plane.metrics;
         let source = self.source.name();
+        let tls_now = result.as_ref().map(tls_fingerprint).ok();
+        let tls_unchanged = tls_now == Some(*self.tls_seen());
         let config = match result {
-            Ok(config) if config == *current.config => {
+            Ok(config) if config == *current.config && tls_unchanged => {
                 metrics
                     .config_reloads_total
                     .with_label_values(&["success"])
@@ -152,6 +166,9 @@ impl Reloader {
         let version = snapshot.version;
         let config = snapshot.config.clone();
         self.plane.publish(snapshot);
+        if let Some(tls_now) = tls_now {
+            *self.tls_seen() = tls_now;
+        }
         self.plane.events.set_webhooks(webhooks);
         self.supervisors.apply(&self.plane, &config).await;
         metrics
@@ -168,6 +185,10 @@ impl Reloader {
             version,
             changed: true,
         })
+    }
+
+    fn tls_seen(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.tls_seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn load(&self) -> Result<Config, ConfigError> {
@@ -215,6 +236,7 @@ impl Reloader {
 
     async fn watch_file(self: Arc<Self>, path: PathBuf) {
         let mut last = fingerprint(&path).await;
+        let mut refused_tls = None;
         let mut shutdown = self.plane.watch_shutdown();
         let mut ticks = tokio::time::interval(WATCH_INTERVAL);
         loop {
@@ -223,14 +245,33 @@ impl Reloader {
                 _ = shutdown.wait_for(|stopping| *stopping) => return,
             }
             let now = fingerprint(&path).await;
-            if now == last || now.is_none() {
-                // A missing file (mid-swap, or deleted) keeps the running config.
+            // The TLS files of the serving config; a change that was
+            // refused (a half-written key) is retried only once it changes
+            // again.
+            let config = self.plane.snapshot().config.clone();
+            let tls_now = tokio::task::spawn_blocking(move || tls_fingerprint(&config))
+                .await
+                .ok();
+            let tls_changed = tls_now
+                .is_some_and(|tls_now| tls_now != *self.tls_seen() && Some(tls_now) != refused_tls);
+            // A missing file (mid-swap, or deleted) keeps the running config.
+            let file_changed = now != last && now.is_some();
+            if !file_changed && !tls_changed {
                 continue;
             }
-            last = now;
-            match self.reload("file").await {
+            if file_changed {
+                last = now;
+            }
+            let trigger = if file_changed { "file" } else { "tls-file" };
+            let reloaded = self.reload(trigger).await;
+            refused_tls = if reloaded.is_err() { tls_now } else { None };
+            match reloaded {
                 Ok(reloaded) if reloaded.changed => {
-                    tracing::info!(version = reloaded.version, "Config file changed; reloaded.")
+                    tracing::info!(
+                        trigger,
+                        version = reloaded.version,
+                        "A watched file changed; reloaded."
+                    )
                 }
                 Ok(_) => {}
                 Err(error) => {
@@ -298,6 +339,33 @@ fn needs_restart(old: &Config, new: &Config) -> Result<(), ConfigError> {
             issues,
         })
     }
+}
+
+/// The TLS files `config` names: every listener's and upstream's.
+pub fn tls_files(config: &Config) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        files.push(&tls.cert);
+        files.push(&tls.key);
+        files.extend(&tls.client_ca);
+    }
+    for tls in config.upstreams.iter().filter_map(|u| u.tls.as_ref()) {
+        files.extend(&tls.ca);
+        files.extend(&tls.client_cert);
+        files.extend(&tls.client_key);
+    }
+    files.into_iter().map(PathBuf::from).collect()
+}
+
+/// Hash of the names and contents of `config`'s TLS files (an unreadable
+/// one counts as empty).
+fn tls_fingerprint(config: &Config) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for path in tls_files(config) {
+        path.hash(&mut hasher);
+        std::fs::read(&path).unwrap_or_default().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Hash of the file's content (following symlinks), `None` if unreadable.

@@ -63,6 +63,12 @@ pub enum Rejection {
     ClientGone,
     /// breakwater failed while serving the request (a caught panic). 500.
     Internal,
+    /// The route forwards to the original destination, and that is one of
+    /// breakwater's own addresses: the connection was not redirected (a
+    /// client called the transparent listener directly), so forwarding it
+    /// would come straight back. 508 Loop Detected (RFC 5842), never
+    /// counted against the upstream.
+    Loop,
 }
 
 /// Why the route stack produced no upstream response.
@@ -152,6 +158,7 @@ impl Rejection {
             Rejection::BadRequestBody => (StatusCode::BAD_REQUEST, "bad-request-body"),
             Rejection::ClientGone => (client_closed_request(), "client-gone"),
             Rejection::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Rejection::Loop => (StatusCode::LOOP_DETECTED, "loop"),
         }
     }
 
@@ -258,6 +265,14 @@ mod tests {
             .headers()
             .get(RETRY_AFTER)
             .is_none());
+    }
+
+    #[test]
+    fn a_loop_is_508_and_waiting_would_not_help() {
+        let looped = reply(Rejection::Loop, ReplyCx::default());
+        assert_eq!(looped.status(), 508);
+        assert_eq!(looped.headers()[REASON_HEADER], "loop");
+        assert!(looped.headers().get(RETRY_AFTER).is_none());
     }
 
     #[test]

@@ -16,3 +16,5 @@ mod proxy;
 mod reload;
 mod supervisor;
 mod support;
+mod tls;
+mod transparent;

@@ -27,6 +27,8 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
+use super::endpoint::OriginalTarget;
+
 use crate::policy::backoff::Backoff;
 use crate::policy::retry::{may_retry, RetryOn, TryOutcome};
 use crate::policy::retry_budget::RetryBudget;
@@ -201,6 +203,9 @@ where
         *request.version_mut() = parts.version;
         *request.headers_mut() = parts.headers.clone();
         request.extensions_mut().insert(context.clone());
+        if let Some(target) = parts.extensions.get::<OriginalTarget>() {
+            request.extensions_mut().insert(*target);
+        }
         let result = inner.clone().oneshot(request).await;
         let outcome = match &result {
             Ok(response) => TryOutcome::Status {
