@@ -43,8 +43,9 @@ section! {
         limits: Limits = Limits::default(),
         /// Where traffic comes in, and its routes.
         listeners: Vec<Listener>,
-        /// Where traffic goes.
-        upstreams: Vec<Upstream>,
+        /// Where traffic goes. May be left out when every route is on a
+        /// transparent listener and forwards to the original destination.
+        upstreams: Vec<Upstream> = Vec::new(),
         /// The embedded supervisor.
         supervisor: Supervisor = Supervisor::default(),
         /// The memory watermark ladder.

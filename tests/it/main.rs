@@ -11,6 +11,7 @@ mod cli;
 mod events;
 mod hardening;
 mod lifecycle;
+mod netns;
 mod policies;
 mod proxy;
 mod reload;

@@ -112,7 +112,17 @@ impl Process {
         for (key, value) in envs {
             command.env(key, value);
         }
-        let mut child = command.spawn().expect("spawn breakwater");
+        Process::spawn_command(command)
+    }
+
+    /// Spawns `command` (any program: `ip netns exec … breakwater …`),
+    /// its output captured like breakwater's.
+    pub fn spawn_command(mut command: Command) -> Process {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn");
         let stdout = Output::default();
         let stderr = Output::default();
         stdout.capture(child.stdout.take().expect("stdout"), "out");
