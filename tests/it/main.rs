@@ -8,6 +8,7 @@
 mod admin;
 mod capacity;
 mod cli;
+mod deploy;
 mod events;
 mod hardening;
 mod lifecycle;
