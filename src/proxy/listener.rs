@@ -109,8 +109,10 @@ impl Accept {
             super::conn::serve_connection(conn(meta), stream, counters).await;
             return;
         };
-        let handshake = TlsAcceptor::from(config).accept(stream);
-        let tls = match tokio::time::timeout(self.handshake_within, handshake).await {
+        // Boxed: a TLS session is large, and inline it would size every
+        // connection's task, plain ones included.
+        let tls = Box::pin(TlsAcceptor::from(config).accept(stream));
+        let tls = match tokio::time::timeout(self.handshake_within, tls).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => {
                 self.tls_failed.inc();
@@ -125,7 +127,7 @@ impl Accept {
         };
         meta.scheme = "https";
         meta.alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-        super::conn::serve_connection(conn(meta), tls, counters).await;
+        Box::pin(super::conn::serve_connection(conn(meta), tls, counters)).await;
     }
 }
 
