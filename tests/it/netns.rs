@@ -133,10 +133,15 @@ impl Netns {
         Process::spawn_command(command)
     }
 
-    /// The namespace's nat table, as `iptables-save` (of `backend`) prints it.
+    /// The namespace's nat table, as `save` (an `iptables-save`) prints
+    /// it, without its comment lines (they carry a timestamp).
     fn nat_rules(&self, save: &str) -> String {
         let output = self.exec(&[save, "-t", "nat"]);
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn url(&self, port: u16, path: &str) -> String {
