@@ -13,6 +13,13 @@ command -v kill >/dev/null || need_packages+=(procps)
 # (tests/it/dashboard.rs); they fail, not skip, without them.
 command -v chromium >/dev/null || need_packages+=(chromium)
 command -v chromedriver >/dev/null || need_packages+=(chromium-driver)
+# The interception tests (tests/it/netns.rs) run as root in their own
+# network namespaces: `ip netns` and a veth pair (iproute2), both iptables
+# backends (iptables), and `setpriv` to drop CAP_NET_ADMIN (util-linux).
+export PATH="$PATH:/usr/sbin:/sbin"
+command -v ip >/dev/null || need_packages+=(iproute2)
+{ command -v iptables-legacy && command -v iptables-nft; } >/dev/null || need_packages+=(iptables)
+command -v setpriv >/dev/null || need_packages+=(util-linux)
 if [ ${#need_packages[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::Overrides;
+use crate::intercept::rules::{InboundPorts, Options, Outbound};
 use crate::telemetry::LogFormat;
 
 /// What `--version` prints after the name: the version, the git commit it
@@ -78,6 +79,141 @@ pub enum Command {
     /// `breakwater man > breakwater.1 && man ./breakwater.1`, or install it
     /// under a `man1` directory on your MANPATH.
     Man,
+    /// Transparent interception: the nat-table rules that send a pod's
+    /// traffic through breakwater (for an init container, or a host).
+    ///
+    /// Rules live in breakwater's own chains (BREAKWATER_INBOUND,
+    /// BREAKWATER_OUTBOUND), entered by one jump each from PREROUTING and
+    /// OUTPUT; `remove` deletes exactly those. Needs CAP_NET_ADMIN (and
+    /// CAP_NET_RAW for iptables-legacy).
+    Iptables(IptablesArgs),
+}
+
+/// `breakwater iptables …`
+#[derive(Debug, clap::Args)]
+pub struct IptablesArgs {
+    /// What to do with the rules.
+    #[command(subcommand)]
+    pub action: IptablesAction,
+}
+
+/// `print`, `install` or `remove`.
+#[derive(Debug, Subcommand)]
+pub enum IptablesAction {
+    /// Show the commands `install` would run, without running them.
+    Print(InterceptArgs),
+    /// Install the rules. Idempotent: running it again with the same
+    /// flags leaves the same rules; with other flags, the new ones.
+    Install(InterceptArgs),
+    /// Delete the rules `install` added, and nothing else.
+    Remove(BackendArgs),
+}
+
+/// Which iptables, and which families.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackendArgs {
+    /// iptables implementation: `auto` picks the one the node's existing
+    /// rules use (like Kubernetes' iptables-wrapper).
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Also apply the rules to IPv6 (ip6tables).
+    #[arg(long)]
+    pub ipv6: bool,
+}
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// Detect.
+    Auto,
+    /// iptables-legacy (x_tables).
+    Legacy,
+    /// iptables-nft (nf_tables).
+    Nft,
+}
+
+impl BackendChoice {
+    /// The backend asked for, `None` for auto.
+    pub fn backend(self) -> Option<crate::intercept::iptables::Backend> {
+        use crate::intercept::iptables::Backend;
+        match self {
+            BackendChoice::Auto => None,
+            BackendChoice::Legacy => Some(Backend::Legacy),
+            BackendChoice::Nft => Some(Backend::Nft),
+        }
+    }
+}
+
+/// What to intercept (`print` and `install`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct InterceptArgs {
+    /// The transparent listener's port: inbound traffic is redirected here.
+    #[arg(long, default_value_t = 15006)]
+    pub proxy_port: u16,
+    /// Inbound TCP ports to redirect: a comma-separated list (8080,9090)
+    /// or `all`.
+    #[arg(long, default_value = "all", value_parser = parse_inbound_ports)]
+    pub inbound_ports: InboundPorts,
+    /// Inbound ports never redirected (with `all`), e.g. 22.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_inbound_ports: Vec<u16>,
+    /// breakwater's admin port: never redirected, so probes reach it.
+    #[arg(long, default_value_t = 15000)]
+    pub admin_port: u16,
+    /// Also capture outbound TCP (redirected to --outbound-port); needs
+    /// --proxy-uid or --proxy-gid so breakwater's own connections are not
+    /// captured.
+    #[arg(long)]
+    pub outbound: bool,
+    /// Where outbound connections are redirected (a transparent listener
+    /// whose routes use an `original_dst: address` upstream).
+    #[arg(long, default_value_t = 15001)]
+    pub outbound_port: u16,
+    /// Outbound destination ports never captured, e.g. 5432.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_outbound_ports: Vec<u16>,
+    /// The uid breakwater runs as: its connections are never captured.
+    #[arg(long)]
+    pub proxy_uid: Option<u32>,
+    /// The gid breakwater runs as: exempt like the uid.
+    #[arg(long)]
+    pub proxy_gid: Option<u32>,
+    /// Which iptables, and whether IPv6 too.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+fn parse_inbound_ports(text: &str) -> Result<InboundPorts, String> {
+    if text.trim().eq_ignore_ascii_case("all") || text.trim() == "*" {
+        return Ok(InboundPorts::All);
+    }
+    text.split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| {
+            part.trim().parse::<u16>().map_err(|_| {
+                format!("expected `all` or ports like 8080,9090; {part:?} is not a port")
+            })
+        })
+        .collect::<Result<Vec<u16>, String>>()
+        .map(InboundPorts::Only)
+}
+
+impl InterceptArgs {
+    /// The rules' options.
+    pub fn options(&self) -> Options {
+        Options {
+            proxy_port: self.proxy_port,
+            inbound: self.inbound_ports.clone(),
+            exclude_inbound: self.exclude_inbound_ports.clone(),
+            admin_port: self.admin_port,
+            outbound: self.outbound.then(|| Outbound {
+                port: self.outbound_port,
+                exclude_ports: self.exclude_outbound_ports.clone(),
+            }),
+            proxy_uid: self.proxy_uid,
+            proxy_gid: self.proxy_gid,
+        }
+    }
 }
 
 /// `breakwater run` flags; each overrides the config file.

@@ -17,6 +17,10 @@
 //! - [`run`]: start-up, wiring and graceful drain.
 //! - [`sampler`] and [`sys`]: breakwater's own memory, sampled and read.
 //! - [`grpc`]: the gRPC vocabulary (codes, deadlines, health messages).
+//! - [`tls`]: PEM files → rustls configs for listeners, upstreams and
+//!   webhooks.
+//! - [`intercept`]: transparent interception — the `breakwater iptables`
+//!   rules and the original destination of a redirected connection.
 //! - [`metrics`], [`events`], [`telemetry`], [`units`]: shared plumbing.
 //! - [`cli`], [`sim`], [`demo`]: the command line, the controllable
 //!   upstream and the guided tour.
@@ -27,6 +31,7 @@ pub mod config;
 pub mod demo;
 pub mod events;
 pub mod grpc;
+pub mod intercept;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
@@ -37,4 +42,5 @@ pub mod sim;
 pub mod supervisor;
 pub mod sys;
 pub mod telemetry;
+pub mod tls;
 pub mod units;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use breakwater::cli::{CheckArgs, Cli, Command, RunArgs};
+use breakwater::cli::{CheckArgs, Cli, Command, IptablesAction, RunArgs};
 use breakwater::config;
 use breakwater::reload::ConfigSource;
 use breakwater::telemetry::Style;
@@ -58,7 +58,47 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             print_out(&String::from_utf8_lossy(&page))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Iptables(args) => iptables(args.action),
     }
+}
+
+/// `breakwater iptables print|install|remove`.
+fn iptables(action: IptablesAction) -> anyhow::Result<ExitCode> {
+    use breakwater::intercept;
+    let applied = match action {
+        IptablesAction::Print(args) => {
+            let script = intercept::print(
+                &args.options(),
+                args.backend.backend.backend(),
+                args.backend.ipv6,
+            )?;
+            print_out(&script)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        IptablesAction::Install(args) => intercept::install(
+            &args.options(),
+            args.backend.backend.backend(),
+            args.backend.ipv6,
+        )
+        .context("cannot install the interception rules")?,
+        IptablesAction::Remove(args) => intercept::remove(args.backend.backend(), args.ipv6)
+            .context("cannot remove the interception rules")?,
+    };
+    eprintln!(
+        "breakwater: iptables backend {} ({})",
+        applied.backend.as_str(),
+        applied.why
+    );
+    let mut out = String::new();
+    for command in &applied.commands {
+        out.push_str(command);
+        out.push('\n');
+    }
+    print_out(&out)?;
+    if applied.commands.is_empty() {
+        eprintln!("breakwater: nothing to change");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Loads the file, or the embedded default, with the flags applied; prints

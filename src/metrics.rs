@@ -535,7 +535,7 @@ impl Metrics {
                 self.prime_route(route);
                 // A route to an HTTP/2 upstream may carry gRPC calls.
                 let grpc = config.upstreams.iter().any(|upstream| {
-                    upstream.name == route.upstream && upstream.protocol != Protocol::Http1
+                    upstream.name == route.upstream() && upstream.protocol != Protocol::Http1
                 });
                 if grpc {
                     for code in crate::grpc::Code::all() {

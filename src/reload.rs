@@ -31,6 +31,14 @@
 //! directory reports noisily; comparing content is correct for symlink
 //! swaps, editors that rename, and network filesystems alike, and a config
 //! file costs nothing to read.
+//!
+//! TLS files (listeners' certificates, keys and client CAs; upstreams'
+//! CAs and client certificates) are watched the same way, in the same
+//! poll: a change to any of them reloads, and so does a SIGHUP or admin
+//! reload after one, even with the config file itself unchanged — the new
+//! snapshot reads them again (cert-manager and Kubernetes secret mounts
+//! rotate certificates by the same `..data` swap as ConfigMaps).
+//! Connections already open keep the certificate they were made with.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -90,6 +98,8 @@ pub struct Reloader {
     lock: Arc<tokio::sync::Mutex<()>>,
     /// What `config_rollback` keeps between reloads.
     rollback: Arc<RollbackBook>,
+    /// The content of the TLS files the serving snapshot was built from.
+    tls_seen: Mutex<u64>,
 }
 
 /// `config_rollback`'s books: the reload on watch, the config refused
@@ -115,6 +125,7 @@ impl Reloader {
         source: ConfigSource,
         overrides: Overrides,
     ) -> Self {
+        let tls_seen = Mutex::new(tls_fingerprint(&plane.snapshot().config));
         Reloader {
             plane,
             supervisors,
@@ -122,6 +133,7 @@ impl Reloader {
             overrides,
             lock: Arc::new(tokio::sync::Mutex::new(())),
             rollback: Arc::new(RollbackBook::default()),
+            tls_seen,
         }
     }
 
@@ -141,8 +153,10 @@ impl Reloader {
         });
         let metrics = &self.plane.metrics;
         let source = self.source.name();
+        let tls_now = result.as_ref().map(tls_fingerprint).ok();
+        let tls_unchanged = tls_now == Some(*self.tls_seen());
         let config = match result {
-            Ok(config) if config == *current.config => {
+            Ok(config) if config == *current.config && tls_unchanged => {
                 metrics
                     .config_reloads_total
                     .with_label_values(&["success"])
@@ -207,6 +221,9 @@ impl Reloader {
         let version = snapshot.version;
         let config = snapshot.config.clone();
         self.plane.publish(snapshot);
+        if let Some(tls_now) = tls_now {
+            *self.tls_seen() = tls_now;
+        }
         self.plane.events.set_webhooks(webhooks);
         self.supervisors.apply(&self.plane, &config).await;
         self.watch_for_rollback(current.config.clone(), version);
@@ -244,6 +261,10 @@ impl Reloader {
             source: self.source.name(),
         };
         *watching = Some(tokio::spawn(watch.run(settings, previous, version)));
+    }
+
+    fn tls_seen(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.tls_seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn load(&self) -> Result<Config, ConfigError> {
@@ -297,6 +318,7 @@ impl Reloader {
         // at start-up and this task's first look, so the first look
         // compares what the file says with what is running.
         let mut last = None;
+        let mut refused_tls = None;
         let mut shutdown = self.plane.watch_shutdown();
         let mut ticks = tokio::time::interval(WATCH_INTERVAL);
         loop {
@@ -305,22 +327,42 @@ impl Reloader {
                 _ = shutdown.wait_for(|stopping| *stopping) => return,
             }
             let now = fingerprint(&path).await;
-            if now == last || now.is_none() {
-                // A missing file (mid-swap, or deleted) keeps the running config.
+            // The TLS files of the serving config; a change that was
+            // refused (a half-written key) is retried only once it changes
+            // again.
+            let config = self.plane.snapshot().config.clone();
+            let tls_now = tokio::task::spawn_blocking(move || tls_fingerprint(&config))
+                .await
+                .ok();
+            let tls_changed = tls_now
+                .is_some_and(|tls_now| tls_now != *self.tls_seen() && Some(tls_now) != refused_tls);
+            // A missing file (mid-swap, or deleted) keeps the running config.
+            let file_changed = now != last && now.is_some();
+            if !file_changed && !tls_changed {
                 continue;
             }
             let first_look = last.is_none();
-            last = now;
+            if file_changed {
+                last = now;
+            }
             if first_look
+                && !tls_changed
                 && self
                     .load()
                     .is_ok_and(|config| config == *self.plane.snapshot().config)
             {
                 continue;
             }
-            match self.reload("file").await {
+            let trigger = if file_changed { "file" } else { "tls-file" };
+            let reloaded = self.reload(trigger).await;
+            refused_tls = if reloaded.is_err() { tls_now } else { None };
+            match reloaded {
                 Ok(reloaded) if reloaded.changed => {
-                    tracing::info!(version = reloaded.version, "Config file changed; reloaded.")
+                    tracing::info!(
+                        trigger,
+                        version = reloaded.version,
+                        "A watched file changed; reloaded."
+                    )
                 }
                 Ok(_) => {}
                 Err(error) => {
@@ -481,6 +523,33 @@ fn needs_restart(old: &Config, new: &Config) -> Result<(), ConfigError> {
             issues,
         })
     }
+}
+
+/// The TLS files `config` names: every listener's and upstream's.
+pub fn tls_files(config: &Config) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        files.push(&tls.cert);
+        files.push(&tls.key);
+        files.extend(&tls.client_ca);
+    }
+    for tls in config.upstreams.iter().filter_map(|u| u.tls.as_ref()) {
+        files.extend(&tls.ca);
+        files.extend(&tls.client_cert);
+        files.extend(&tls.client_key);
+    }
+    files.into_iter().map(PathBuf::from).collect()
+}
+
+/// Hash of the names and contents of `config`'s TLS files (an unreadable
+/// one counts as empty).
+fn tls_fingerprint(config: &Config) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for path in tls_files(config) {
+        path.hash(&mut hasher);
+        std::fs::read(&path).unwrap_or_default().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Hash of the file's content (following symlinks), `None` if unreadable.

@@ -180,6 +180,7 @@ pub fn route_matcher(data: &[u8]) {
         path_exact,
         methods,
         headers: match_headers,
+        port: None,
     };
     let matcher = Matcher::new(&block);
 
@@ -255,7 +256,8 @@ fn expected_match(block: &RouteMatch, request: &RequestFacts<'_>) -> bool {
             .iter()
             .any(|candidate| candidate.as_bytes() == value.as_bytes())
     });
-    path_ok && method_ok && host_ok && headers_ok
+    let port_ok = block.port.is_none_or(|port| request.port == Some(port));
+    path_ok && method_ok && host_ok && headers_ok && port_ok
 }
 
 /// The host routing uses is the target's host if it has one, else the

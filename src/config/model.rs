@@ -45,8 +45,9 @@ section! {
         limits: Limits = Limits::default(),
         /// Where traffic comes in, and its routes.
         listeners: Vec<Listener>,
-        /// Where traffic goes.
-        upstreams: Vec<Upstream>,
+        /// Where traffic goes. May be left out when every route is on a
+        /// transparent listener and forwards to the original destination.
+        upstreams: Vec<Upstream> = Vec::new(),
         /// The embedded supervisor.
         supervisor: Supervisor = Supervisor::default(),
         /// The memory watermark ladder.
@@ -59,7 +60,35 @@ section! {
         /// unless set.
         config_rollback: Option<ConfigRollback> = None,
     }
-    validate: inherit_limits,
+    validate: finish_config,
+}
+
+/// The name of the built-in upstream of routes on a transparent listener
+/// that name none: it forwards to `127.0.0.1:<original port>`.
+pub const ORIGINAL_DST_UPSTREAM: &str = "original-dst";
+
+fn finish_config(config: &mut Config, keys: &Keys<'_>, cx: &mut Cx) {
+    inherit_limits(config, keys, cx);
+    add_original_dst_upstream(config);
+}
+
+/// Routes on transparent listeners that name no upstream go to
+/// [`ORIGINAL_DST_UPSTREAM`]; unless the file defines an upstream by that
+/// name (to tune its settings), the built-in one is added with defaults, so
+/// the effective config shows where such routes go.
+fn add_original_dst_upstream(config: &mut Config) {
+    let mut used = false;
+    for listener in config.listeners.iter_mut().filter(|l| l.transparent) {
+        for route in &mut listener.routes {
+            if route.upstream.is_none() {
+                route.upstream = Some(ORIGINAL_DST_UPSTREAM.to_owned());
+            }
+            used |= route.upstream() == ORIGINAL_DST_UPSTREAM;
+        }
+    }
+    if used && config.upstream(ORIGINAL_DST_UPSTREAM).is_none() {
+        config.upstreams.push(Upstream::original_dst());
+    }
 }
 
 /// A listener's `limits:` start from the global `limits:`, key by key: a
@@ -268,8 +297,8 @@ section! {
 
 section! {
     /// `listeners[]:` — an address breakwater accepts on (HTTP/1.1 and h2c
-    /// on the same port) and its routes. Adding, removing or moving a
-    /// listener needs a restart.
+    /// on the same port, or both over TLS with `tls`) and its routes.
+    /// Adding, removing or moving a listener needs a restart.
     pub struct Listener {
         /// Unique name, used in metrics and logs.
         name: String,
@@ -282,11 +311,73 @@ section! {
         /// Keep `x-forwarded-proto`/`-host` from downstream instead of
         /// overwriting them; clients' headers are not trusted unless set.
         trust_forwarded: bool = false,
+        /// Terminate TLS here (HTTP/1.1 and HTTP/2 chosen by ALPN); none
+        /// unless set. The files are read again on every reload and when
+        /// their content changes (checked every second): new handshakes
+        /// get the new certificate, open connections keep theirs.
+        tls: Option<ListenerTls> = None,
+        /// Accept connections redirected here by `breakwater iptables
+        /// install` (iptables `REDIRECT`): each connection's original
+        /// destination is read from the socket (`SO_ORIGINAL_DST`), routes
+        /// may match its port (`match.port`), and routes that name no
+        /// upstream forward to `127.0.0.1:<original port>` (the built-in
+        /// `original-dst` upstream). A connection that was not redirected
+        /// (made to this address directly) has no original destination:
+        /// `original_dst` upstreams refuse it with 508 `loop`.
+        transparent: bool = false,
         /// Routes, tried in order; the first match wins; no match → 404.
         #[check(non_empty("at least one route"))]
         routes: Vec<Route>,
     }
-    later: ["tls", "transparent"],
+}
+
+section! {
+    /// `listeners[].tls:` — TLS termination. ALPN offers `h2` and
+    /// `http/1.1`; the framing guard and every `limits:` key apply to the
+    /// decrypted bytes exactly as on plain TCP, and the TLS handshake must
+    /// finish within `limits.header_read`. Paths are relative to the
+    /// working directory. Requests get `x-forwarded-proto: https`.
+    pub struct ListenerTls {
+        /// PEM file with the certificate chain, leaf first.
+        cert: String,
+        /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or
+        /// SEC1).
+        key: String,
+        /// PEM bundle of the CAs that sign client certificates. When set,
+        /// every client must present a certificate signed by one of them
+        /// (mTLS); a handshake without one fails.
+        client_ca: Option<String> = None,
+    }
+    validate: check_listener_tls,
+}
+
+fn check_listener_tls(tls: &mut ListenerTls, keys: &Keys<'_>, cx: &mut Cx) {
+    use std::path::Path;
+    let mut usable = true;
+    if let Err(error) = crate::tls::read_certs(Path::new(&tls.cert)) {
+        keys.error(cx, "cert", error.to_string());
+        usable = false;
+    }
+    if let Err(error) = crate::tls::read_key(Path::new(&tls.key)) {
+        keys.error(cx, "key", error.to_string());
+        usable = false;
+    }
+    if let Some(ca) = &tls.client_ca {
+        if let Err(error) = crate::tls::read_roots(Path::new(ca)) {
+            keys.error(cx, "client_ca", error.to_string());
+            usable = false;
+        }
+    }
+    if usable {
+        let built = crate::tls::server_config(
+            Path::new(&tls.cert),
+            Path::new(&tls.key),
+            tls.client_ca.as_deref().map(Path::new),
+        );
+        if let Err(error) = built {
+            keys.error(cx, "key", error.to_string());
+        }
+    }
 }
 
 section! {
@@ -299,8 +390,13 @@ section! {
         /// When this route applies; every condition given must hold.
         #[key = "match"]
         matcher: RouteMatch = RouteMatch::default(),
-        /// Name of the upstream that serves it.
-        upstream: String,
+        /// Name of the upstream that serves it. On a transparent listener
+        /// it may be left out: the route then goes to `original-dst`, a
+        /// built-in upstream with default settings that forwards to
+        /// `127.0.0.1:<original port>` (define an upstream named
+        /// `original-dst` with `original_dst: loopback` to tune it).
+        /// Required elsewhere.
+        upstream: Option<String> = None,
         /// Request timeouts.
         timeouts: RouteTimeouts = RouteTimeouts::default(),
         /// A token bucket; none unless set.
@@ -346,9 +442,22 @@ section! {
         /// Headers that must be present with exactly these values.
         #[check(header_fields())]
         headers: Vec<(String, String)> = Vec::new(),
+        /// The port the client connected to: on a transparent listener the
+        /// original destination's port (before the iptables redirect),
+        /// elsewhere the listener's own port.
+        #[check(between(1, 65535))]
+        port: Option<u16> = None,
     }
-    later: ["port"],
     validate: check_match,
+}
+
+impl Route {
+    /// The name of the upstream that serves the route. Always written
+    /// after loading: a transparent listener's route without one gets
+    /// [`ORIGINAL_DST_UPSTREAM`], and anywhere else its absence is an error.
+    pub fn upstream(&self) -> &str {
+        self.upstream.as_deref().unwrap_or(ORIGINAL_DST_UPSTREAM)
+    }
 }
 
 fn check_match(matcher: &mut RouteMatch, keys: &Keys<'_>, cx: &mut Cx) {
@@ -433,8 +542,17 @@ section! {
         name: String,
         /// `host:port` of each primary endpoint; requests go round robin,
         /// over keep-alive pools.
-        #[check(non_empty("at least one endpoint"), host_ports())]
-        endpoints: Vec<String>,
+        /// Required unless `original_dst` is set.
+        #[check(host_ports())]
+        endpoints: Vec<String> = Vec::new(),
+        /// Instead of `endpoints`: send each request where its connection
+        /// was going before a transparent listener took it. `loopback`:
+        /// `127.0.0.1:<original port>` (inbound interception: the service
+        /// beside breakwater); `address`: the original address itself
+        /// (outbound interception). Only routes on transparent listeners
+        /// may use such an upstream; a target that is one of breakwater's
+        /// own listeners or its admin port is refused with 508 `loop`.
+        original_dst: Option<OriginalDst> = None,
         /// `host:port` of backup endpoints, used after a failover (by the
         /// supervisor's ladder or `POST /upstreams/{name}/failover`).
         #[check(host_ports())]
@@ -455,12 +573,61 @@ section! {
         outlier_detection: Toggle<OutlierDetection> = Toggle::On(OutlierDetection::default()),
         /// Active probes of each endpoint; none unless set.
         health_check: Option<HealthCheck> = None,
+        /// Speak TLS to the endpoints; plain TCP unless set. ALPN offers
+        /// `h2` or `http/1.1` to match `protocol`.
+        tls: Option<UpstreamTls> = None,
     }
-    later: ["tls", "slow_start"],
+    later: ["slow_start"],
     validate: check_upstream,
 }
 
+impl Upstream {
+    /// The built-in upstream of routes on a transparent listener that name
+    /// none: default settings, to `127.0.0.1:<original port>`.
+    pub fn original_dst() -> Upstream {
+        Upstream {
+            name: ORIGINAL_DST_UPSTREAM.to_owned(),
+            endpoints: Vec::new(),
+            original_dst: Some(OriginalDst::Loopback),
+            backup: Vec::new(),
+            protocol: Protocol::Http1,
+            connect_timeout: Duration::from_secs(2),
+            connections: Connections::default(),
+            outlier_detection: Toggle::On(OutlierDetection::default()),
+            health_check: None,
+            tls: None,
+        }
+    }
+}
+
 fn check_upstream(upstream: &mut Upstream, keys: &Keys<'_>, cx: &mut Cx) {
+    // Items that failed to decode were reported already: an empty list
+    // is only worth a word when nothing was written.
+    let written = |key: &str| {
+        keys.get(key).is_some_and(
+            |node| !matches!(&node.value, super::yaml::Value::Seq(items) if items.is_empty()),
+        )
+    };
+    if upstream.original_dst.is_some() {
+        for key in ["endpoints", "backup"] {
+            if written(key) {
+                keys.error(cx, key, "give endpoints or original_dst, not both");
+            }
+        }
+        if upstream.health_check.is_some() {
+            keys.error(
+                cx,
+                "health_check",
+                "an original_dst upstream has no fixed address to probe",
+            );
+        }
+    } else if !written("endpoints") {
+        keys.error(
+            cx,
+            "endpoints",
+            "needs at least one endpoint (or original_dst)",
+        );
+    }
     let grpc_probe = upstream
         .health_check
         .as_ref()
@@ -471,6 +638,77 @@ fn check_upstream(upstream: &mut Upstream, keys: &Keys<'_>, cx: &mut Cx) {
             "health_check",
             "a grpc health check speaks HTTP/2: set protocol to http2 or auto",
         );
+    }
+}
+
+words! {
+    /// `upstreams[].original_dst`
+    pub enum OriginalDst {
+        /// `127.0.0.1:<original port>`.
+        Loopback = "loopback",
+        /// The original destination address and port.
+        Address = "address",
+    }
+}
+
+section! {
+    /// `upstreams[].tls:` — TLS to the endpoints, verified against `ca` or
+    /// the system trust store. Paths are relative to the working
+    /// directory; the files are read again on every reload and when their
+    /// content changes.
+    pub struct UpstreamTls {
+        /// Server name sent (SNI) and verified in the certificate; a DNS
+        /// name or an IP address.
+        #[default_text = "each endpoint's host"]
+        sni: Option<String> = None,
+        /// PEM bundle of the CAs to trust for the upstream's certificate.
+        #[default_text = "the system trust store"]
+        ca: Option<String> = None,
+        /// PEM client certificate chain, for upstreams that require mTLS;
+        /// needs `client_key`.
+        client_cert: Option<String> = None,
+        /// PEM private key of `client_cert`.
+        client_key: Option<String> = None,
+    }
+    validate: check_upstream_tls,
+}
+
+fn check_upstream_tls(tls: &mut UpstreamTls, keys: &Keys<'_>, cx: &mut Cx) {
+    use std::path::Path;
+    if let Some(sni) = &tls.sni {
+        if let Err(message) = crate::tls::server_name(sni) {
+            keys.error(cx, "sni", message);
+        }
+    }
+    if let Some(ca) = &tls.ca {
+        if let Err(error) = crate::tls::read_roots(Path::new(ca)) {
+            keys.error(cx, "ca", error.to_string());
+        }
+    }
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let cert_ok = crate::tls::read_certs(Path::new(cert))
+                .map_err(|error| keys.error(cx, "client_cert", error.to_string()))
+                .is_ok();
+            let key_ok = crate::tls::read_key(Path::new(key))
+                .map_err(|error| keys.error(cx, "client_key", error.to_string()))
+                .is_ok();
+            if cert_ok && key_ok {
+                let built = crate::tls::client_config(
+                    crate::tls::ClientFiles {
+                        ca: None,
+                        identity: Some((Path::new(cert), Path::new(key))),
+                    },
+                    &[],
+                );
+                if let Err(error) = built {
+                    keys.error(cx, "client_key", error.to_string());
+                }
+            }
+        }
+        (Some(_), None) => keys.error(cx, "client_key", "client_cert needs client_key"),
+        (None, Some(_)) => keys.error(cx, "client_cert", "client_key needs client_cert"),
+        (None, None) => {}
     }
 }
 
@@ -532,15 +770,30 @@ section! {
 section! {
     /// `alerts.webhooks[]:`
     pub struct Webhook {
-        /// `http://host:port/path`. Never printed: a Slack URL is a secret.
+        /// `http://` or `https://host:port/path`. Never printed: a Slack URL
+        /// is a secret. `https://` is verified against `ca` or the system
+        /// trust store.
         #[check(webhook_url())]
         url: Secret,
+        /// PEM bundle of the CAs to trust for an `https://` receiver with a
+        /// private CA; read again at each delivery when its content changed.
+        #[default_text = "the system trust store"]
+        ca: Option<String> = None,
         /// `json` (the event) or `slack` (`{"text": …}`).
         format: WebhookFormat = WebhookFormat::Json,
         /// The least severity sent.
         min_severity: Severity = Severity::Warning,
     }
     later: ["headers"],
+    validate: check_webhook,
+}
+
+fn check_webhook(webhook: &mut Webhook, keys: &Keys<'_>, cx: &mut Cx) {
+    if let Some(ca) = &webhook.ca {
+        if let Err(error) = crate::tls::read_roots(std::path::Path::new(ca)) {
+            keys.error(cx, "ca", error.to_string());
+        }
+    }
 }
 
 impl_words!(WebhookFormat {
@@ -556,16 +809,22 @@ impl_words!(Severity {
 
 /// A URL the webhook sender accepts.
 fn webhook_url() -> Check<Secret> {
-    Check::new("an http:// URL", serde_json::json!({}), |url: &Secret| {
-        crate::events::WebhookConfig::new(url.0.clone(), WebhookFormat::Json, Severity::Info)
-            .map(|_| ())
-            .map_err(|error| Fault::from(error.to_string()))
-    })
+    Check::new(
+        "an http:// or https:// URL",
+        serde_json::json!({}),
+        |url: &Secret| {
+            crate::events::WebhookConfig::new(url.0.clone(), WebhookFormat::Json, Severity::Info)
+                .map(|_| ())
+                .map_err(|error| Fault::from(error.to_string()))
+        },
+    )
 }
 
 impl Webhook {
     /// The events module's validated webhook, if this one is valid.
     pub fn to_config(&self) -> Option<crate::events::WebhookConfig> {
-        crate::events::WebhookConfig::new(self.url.0.clone(), self.format, self.min_severity).ok()
+        crate::events::WebhookConfig::new(self.url.0.clone(), self.format, self.min_severity)
+            .ok()
+            .map(|config| config.with_ca(self.ca.as_deref().map(std::path::PathBuf::from)))
     }
 }

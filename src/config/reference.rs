@@ -25,7 +25,31 @@ pub fn schema() -> Json {
         top.extend(std::mem::take(map));
         *map = top;
     }
+    cross_key_rules(&mut schema);
     schema
+}
+
+/// The rules that span keys, as far as JSON Schema can say them: a route
+/// may leave out `upstream` only on a transparent listener, and an
+/// upstream needs `endpoints` unless it has `original_dst`.
+fn cross_key_rules(schema: &mut Json) {
+    let listener = &mut schema["properties"]["listeners"]["items"];
+    if let Json::Object(listener) = listener {
+        listener.insert(
+            "if".to_owned(),
+            json!({"properties": {"transparent": {"const": true}}, "required": ["transparent"]}),
+        );
+        listener.insert(
+            "else".to_owned(),
+            json!({"properties": {"routes": {"items": {"required": ["upstream"]}}}}),
+        );
+    }
+    if let Json::Object(upstream) = &mut schema["properties"]["upstreams"]["items"] {
+        upstream.insert(
+            "anyOf".to_owned(),
+            json!([{"required": ["endpoints"]}, {"required": ["original_dst"]}]),
+        );
+    }
 }
 
 /// Every section with its keys, top level first, each followed by the

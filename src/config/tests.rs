@@ -1157,3 +1157,158 @@ supervisor:
         assert!(messages.contains(needle), "no {needle:?} in {messages}");
     }
 }
+
+// === transparent listeners and TLS ===
+
+const TRANSPARENT: &str = "\
+listeners:
+  - name: inbound
+    listen: 0.0.0.0:15006
+    transparent: true
+    routes:
+      - name: api
+        match: {port: 9090}
+        upstream: app
+      - name: rest
+upstreams:
+  - name: app
+    endpoints: [127.0.0.1:9091]
+";
+
+#[test]
+fn a_transparent_route_without_upstream_goes_to_the_builtin_original_dst() {
+    let config = load(TRANSPARENT).unwrap();
+    let routes = &config.listeners[0].routes;
+    assert_eq!(routes[0].matcher.port, Some(9090));
+    assert_eq!(routes[1].upstream(), ORIGINAL_DST_UPSTREAM);
+    let builtin = config.upstream(ORIGINAL_DST_UPSTREAM).unwrap();
+    assert_eq!(*builtin, Upstream::original_dst());
+    assert!(builtin.endpoints.is_empty());
+    // The effective config names it, and loads back to the same config.
+    let printed = config.to_yaml();
+    assert!(printed.contains("upstream: \"original-dst\""), "{printed}");
+    assert!(printed.contains("original_dst: \"loopback\""), "{printed}");
+    assert_eq!(load(&printed).unwrap(), config);
+}
+
+#[test]
+fn the_builtin_original_dst_is_what_its_declaration_decodes_to() {
+    let text = TRANSPARENT.replace(
+        "    endpoints: [127.0.0.1:9091]\n",
+        "    endpoints: [127.0.0.1:9091]\n  - {name: original-dst, original_dst: loopback}\n",
+    );
+    let config = load(&text).unwrap();
+    assert_eq!(config.upstreams.len(), 2, "the file's definition is used");
+    assert_eq!(config.upstreams[1], Upstream::original_dst());
+}
+
+#[test]
+fn only_transparent_listeners_may_leave_out_the_upstream_or_use_original_dst() {
+    let missing = MINIMAL.replace("        upstream: app\n", "");
+    let error = load(&missing).unwrap_err();
+    assert_eq!(error.issues.len(), 1, "{error}");
+    assert_eq!(error.issues[0].path, "listeners[0].routes[0].upstream");
+    assert!(error.issues[0].message.contains("transparent"), "{error}");
+
+    let forwarding = format!("{MINIMAL}  - {{name: out, original_dst: address}}\n")
+        .replace("upstream: app", "upstream: out");
+    let error = load(&forwarding).unwrap_err();
+    assert_eq!(error.issues.len(), 1, "{error}");
+    assert!(
+        error.issues[0].message.contains("transparent: true"),
+        "{error}"
+    );
+}
+
+#[test]
+fn original_dst_upstreams_take_no_fixed_addresses() {
+    let both = format!(
+        "{TRANSPARENT}  - name: both\n    original_dst: loopback\n    endpoints: [127.0.0.1:1]\n    health_check: {{tcp: {{}}}}\n"
+    );
+    let error = load(&both).unwrap_err();
+    let paths: Vec<&str> = error.issues.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["upstreams[1].endpoints", "upstreams[1].health_check"],
+        "{error}"
+    );
+    let neither = format!("{MINIMAL}  - {{name: none}}\n");
+    let error = load(&neither).unwrap_err();
+    assert_eq!(error.issues[0].path, "upstreams[1].endpoints", "{error}");
+    assert!(error.issues[0].message.contains("at least one endpoint"));
+}
+
+/// A CA, a certificate it signs for `app.internal`, and the key.
+fn tls_files(dir: &std::path::Path) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["app.internal".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    (
+        write("ca.pem", ca.pem()),
+        write("cert.pem", cert.pem()),
+        write("key.pem", key.serialize_pem()),
+    )
+}
+
+#[test]
+fn tls_files_are_read_and_every_bad_one_is_named_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path());
+    let good = MINIMAL.replace(
+        "    listen: 127.0.0.1:15006\n",
+        &format!(
+            "    listen: 127.0.0.1:15006\n    tls: {{cert: {cert}, key: {key}, client_ca: {ca}}}\n"
+        ),
+    ) + &format!(
+        "    tls: {{sni: app.internal, ca: {ca}, client_cert: {cert}, client_key: {key}}}\n"
+    );
+    let config = load(&good).unwrap();
+    let tls = config.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.client_ca.as_deref(), Some(ca.as_str()));
+    assert_eq!(
+        config.upstreams[0].tls.as_ref().unwrap().sni.as_deref(),
+        Some("app.internal")
+    );
+
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let bad = MINIMAL.replace(
+        "    listen: 127.0.0.1:15006\n",
+        &format!("    listen: 127.0.0.1:15006\n    tls: {{cert: {missing}, key: {cert}, client_ca: {key}}}\n"),
+    ) + &format!(
+        "    tls: {{sni: 'not a name', client_cert: {cert}}}\nalerts: {{webhooks: [{{url: 'https://hooks.example/x', ca: {missing}}}]}}\n"
+    );
+    let error = load(&bad).unwrap_err();
+    let issues: Vec<(&str, &str)> = error
+        .issues
+        .iter()
+        .map(|issue| (issue.path.as_str(), issue.message.as_str()))
+        .collect();
+    let paths: Vec<&str> = issues.iter().map(|(path, _)| *path).collect();
+    assert_eq!(
+        paths,
+        [
+            "listeners[0].tls.cert",
+            "listeners[0].tls.key",
+            "listeners[0].tls.client_ca",
+            "upstreams[0].tls.sni",
+            "upstreams[0].tls.client_key",
+            "alerts.webhooks[0].ca",
+        ],
+        "{error}"
+    );
+    assert!(issues[0].1.contains("missing.pem"), "{error}");
+    assert!(issues[1].1.contains("no PEM private key"), "{error}");
+    assert!(issues[2].1.contains("no PEM certificate"), "{error}");
+}

@@ -44,7 +44,11 @@ pub fn validate(config: &Config, tree: &Node, cx: &mut Cx) {
         ),
         _ => None,
     };
-    let is_defined = |name: &str| defined.as_ref().is_none_or(|names| names.contains(&name));
+    // The built-in `original-dst` upstream is not in the file but defined.
+    let is_defined = |name: &str| {
+        defined.as_ref().is_none_or(|names| names.contains(&name))
+            || config.upstream(name).is_some()
+    };
 
     let mut listener_names = HashSet::new();
     let mut addresses = HashSet::new();
@@ -84,13 +88,34 @@ pub fn validate(config: &Config, tree: &Node, cx: &mut Cx) {
                     ),
                 );
             }
-            if !is_defined(&route.upstream) {
-                let path = format!("{route_path}.upstream");
+            let path = format!("{route_path}.upstream");
+            if route.upstream.is_none() {
+                cx.error_at(
+                    &path,
+                    line(&route_path),
+                    "required key is missing (only routes on a transparent listener may leave it out)",
+                );
+                continue;
+            }
+            let original_dst = config
+                .upstream(route.upstream())
+                .is_some_and(|upstream| upstream.original_dst.is_some());
+            if !listener.transparent && original_dst {
+                cx.error_at(
+                    &path,
+                    line(&path),
+                    format!(
+                        "upstream {:?} forwards to the original destination, which only a listener with `transparent: true` has",
+                        route.upstream()
+                    ),
+                );
+            }
+            if !is_defined(route.upstream()) {
                 let known = defined.as_deref().unwrap_or_default().join(", ");
                 cx.error_at(
                     &path,
                     line(&path),
-                    format!("no upstream named {:?}; defined: {known}", route.upstream),
+                    format!("no upstream named {:?}; defined: {known}", route.upstream()),
                 );
             }
         }

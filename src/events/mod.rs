@@ -22,7 +22,8 @@
 //!
 //! It does not route HTTP: the admin server owns `/events` and
 //! `/events/stream` and calls [`EventBus::since`] and [`sse_body`]. It does
-//! not speak TLS yet, so `https://` webhooks are refused at construction.
+//! not configure TLS itself: `https://` webhooks use `crate::tls`'s client
+//! config.
 
 pub(crate) mod rfc3339;
 mod sse;

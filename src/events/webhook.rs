@@ -11,14 +11,18 @@
 //! between them. Redirects are not followed (a 3xx is a failure), so a
 //! compromised receiver cannot bounce alerts to an internal address.
 //!
-//! Only `http://` for now: `https://` needs the TLS client from part 5 and
-//! is refused when the config is built, not at the first alert.
+//! `https://` receivers (Slack's and PagerDuty's webhooks are HTTPS) are
+//! verified with the same rustls client config as upstreams
+//! (`crate::tls`): against the webhook's `ca` bundle, or the system trust
+//! store. The `ca` file is read again before a delivery when its content
+//! has changed, so a rotated private CA needs no reload.
 //!
 //! Webhook URLs often carry a secret in their path (Slack's do), so logs
 //! and errors name a webhook by scheme, host and port only.
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -27,6 +31,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -100,11 +105,8 @@ pub enum WebhookError {
         /// What the parser objected to.
         reason: String,
     },
-    /// `https://` needs TLS, which breakwater's client does not have yet.
-    #[error("webhook url uses https://, which is not supported yet (no TLS client); use http://")]
-    HttpsUnsupported,
-    /// A scheme other than `http`.
-    #[error("webhook url scheme must be http://, got {scheme}://")]
+    /// A scheme other than `http` or `https`.
+    #[error("webhook url scheme must be http:// or https://, got {scheme}://")]
     UnsupportedScheme {
         /// The scheme found.
         scheme: String,
@@ -129,12 +131,15 @@ pub struct WebhookConfig {
     name: String,
     format: WebhookFormat,
     min_severity: Severity,
+    /// PEM CA bundle for an `https://` receiver; `None`: the system store.
+    ca: Option<PathBuf>,
 }
 
 // === impl WebhookConfig ===
 
 impl WebhookConfig {
-    /// Validates `url` (absolute, `http://`, a host, no credentials) and
+    /// Validates `url` (absolute, `http://` or `https://`, a host, no
+    /// credentials) and
     /// builds the webhook. Events below `min_severity` are not sent to it.
     pub fn new(
         url: impl Into<String>,
@@ -147,12 +152,9 @@ impl WebhookConfig {
                 .map_err(|error: http::uri::InvalidUri| WebhookError::InvalidUrl {
                     reason: error.to_string(),
                 })?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(scheme) if scheme.eq_ignore_ascii_case("http") => {}
-            Some(scheme) if scheme.eq_ignore_ascii_case("https") => {
-                return Err(WebhookError::HttpsUnsupported)
-            }
+        let scheme = match uri.scheme_str() {
+            Some(scheme) if scheme.eq_ignore_ascii_case("http") => "http",
+            Some(scheme) if scheme.eq_ignore_ascii_case("https") => "https",
             Some(scheme) => {
                 return Err(WebhookError::UnsupportedScheme {
                     scheme: scheme.to_owned(),
@@ -160,10 +162,10 @@ impl WebhookConfig {
             }
             None => {
                 return Err(WebhookError::InvalidUrl {
-                    reason: "no scheme; expected http://host/path".to_owned(),
+                    reason: "no scheme; expected http://host/path or https://host/path".to_owned(),
                 })
             }
-        }
+        };
         let Some(authority) = uri.authority() else {
             return Err(WebhookError::MissingHost);
         };
@@ -174,8 +176,8 @@ impl WebhookConfig {
             return Err(WebhookError::MissingHost);
         }
         let name = match authority.port_u16() {
-            Some(port) => format!("http://{}:{port}", authority.host()),
-            None => format!("http://{}", authority.host()),
+            Some(port) => format!("{scheme}://{}:{port}", authority.host()),
+            None => format!("{scheme}://{}", authority.host()),
         };
         Ok(WebhookConfig {
             url,
@@ -183,7 +185,20 @@ impl WebhookConfig {
             name,
             format,
             min_severity,
+            ca: None,
         })
+    }
+
+    /// Trusts the CAs in the PEM bundle at `ca` (for an `https://`
+    /// receiver with a private CA) instead of the system trust store.
+    pub fn with_ca(mut self, ca: Option<PathBuf>) -> Self {
+        self.ca = ca;
+        self
+    }
+
+    /// The CA bundle trusted for `https://`, if not the system store.
+    pub fn ca(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     /// The URL as configured. May hold a secret: do not log it.
@@ -191,7 +206,7 @@ impl WebhookConfig {
         &self.url
     }
 
-    /// `http://host:port`: safe to log and show in `/status`.
+    /// `http://host:port` (or `https://`): safe to log and show in `/status`.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -212,6 +227,7 @@ impl PartialEq for WebhookConfig {
         self.url == other.url
             && self.format == other.format
             && self.min_severity == other.min_severity
+            && self.ca == other.ca
     }
 }
 
@@ -332,19 +348,75 @@ pub(crate) fn spawn(
     queue
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// The delivery task: one event at a time, in order, until the bus is gone.
-async fn deliver_all(queue: Arc<WebhookQueue>, config: WebhookConfig) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(TRY_TIMEOUT));
-    let client: HttpClient = Client::builder(TokioExecutor::new())
+/// A client for `http://` and `https://`, trusting `ca` (or the system
+/// store when `None`).
+fn client(ca: Option<&Path>) -> Result<HttpClient, crate::tls::TlsError> {
+    // No ALPN here: hyper-rustls sets it from the enabled protocols.
+    let tls = crate::tls::client_config(crate::tls::ClientFiles { ca, identity: None }, &[])?;
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(TRY_TIMEOUT));
+    http.enforce_http(false);
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(1)
-        .build(connector);
+        .build(connector))
+}
+
+/// The webhook's client, rebuilt when its CA file's content changed since
+/// the last delivery (so a rotated CA is trusted without a reload).
+struct Delivery {
+    ca: Option<PathBuf>,
+    /// Content hash of the CA file the client was built with.
+    built_with: Option<u64>,
+    client: Option<HttpClient>,
+}
+
+impl Delivery {
+    fn client(&mut self, webhook: &str) -> Option<&HttpClient> {
+        let content = self.ca.as_deref().map(|ca| {
+            let bytes = std::fs::read(ca).unwrap_or_default();
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&bytes, &mut hasher);
+            std::hash::Hasher::finish(&hasher)
+        });
+        if self.client.is_none() || content != self.built_with {
+            match client(self.ca.as_deref()) {
+                Ok(client) => {
+                    self.client = Some(client);
+                    self.built_with = content;
+                }
+                // Keep the last good client, if any, rather than send nothing.
+                Err(error) => {
+                    tracing::warn!(webhook, %error, "Cannot build the webhook's TLS client.")
+                }
+            }
+        }
+        self.client.as_ref()
+    }
+}
+
+/// The delivery task: one event at a time, in order, until the bus is gone.
+async fn deliver_all(queue: Arc<WebhookQueue>, config: WebhookConfig) {
+    let mut delivery = Delivery {
+        ca: config.ca.clone(),
+        built_with: None,
+        client: None,
+    };
     while let Some(event) = queue.next().await {
-        deliver(&client, &config, &event).await;
+        match delivery.client(&config.name) {
+            Some(client) => deliver(client, &config, &event).await,
+            None => {
+                tracing::warn!(webhook = %config.name, event_id = event.id, "Webhook has no usable client; event not sent.")
+            }
+        }
     }
 }
 

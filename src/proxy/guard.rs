@@ -14,8 +14,10 @@
 //! its 400, and the request already forwarded ends as the client's
 //! failure, never the upstream's.
 //!
-//! The guard works over any [`Transport`]: plain TCP now, TLS and
-//! intercepted connections alike.
+//! The guard works over any [`Transport`]: plain TCP, and TLS, where it
+//! wraps the decrypted stream — every framing rule and limit applies
+//! inside TLS exactly as on plain TCP. (An intercepted connection is plain
+//! TCP or TLS like any other.)
 //!
 //! It also owns two timers hyper does not have in the form we need:
 //! `header_read` (from accept for the first request, from its first byte
@@ -48,6 +50,21 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 impl Transport for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+/// A TLS connection is ready when rustls already holds decrypted bytes
+/// (or the peer's close) that hyper has not read — a record larger than
+/// the last read leaves some behind — or when the socket is readable.
+/// A record with no application data (a TLS 1.3 key update) also wakes a
+/// parked connection; its new session then simply waits for a request.
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (socket, session) = self.get_ref();
+        if !session.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        socket.poll_read_ready(cx)
     }
 }
 

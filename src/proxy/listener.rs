@@ -7,13 +7,25 @@
 //! limit is read from the live snapshot at every accept, so a reload that
 //! changes it applies to the next connection. [`ListenerHandle::drained`]
 //! waits until every connection has closed, for the graceful drain.
+//!
+//! Each accepted connection's task then learns what its [`ConnMeta`]
+//! says: on a transparent listener the original destination
+//! (`SO_ORIGINAL_DST`), and on a TLS listener the handshake — within
+//! `limits.header_read`, like a request head, so a client that opens
+//! connections and never finishes the handshake holds nothing for long —
+//! with the ALPN agreed. A failed or timed-out handshake is counted
+//! (`breakwater_rejected_total{reason="tls_handshake"}`). The TLS config
+//! is read from the live snapshot at every accept, so a reload with a
+//! renewed certificate applies to the next handshake.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use prometheus::IntCounter;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
 
 use super::guard::GuardCounters;
 use super::meta::{Activity, Conn, ConnFlags, ConnMeta};
@@ -64,6 +76,61 @@ impl ListenerHandle {
     }
 }
 
+/// How one accepted connection is taken in, read from the snapshot at its
+/// accept.
+struct Accept {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    transparent: bool,
+    handshake_within: Duration,
+    tls_failed: IntCounter,
+}
+
+impl Accept {
+    /// Fills in what the connection's [`ConnMeta`] still lacks and serves it.
+    async fn serve(
+        self,
+        plane: Arc<DataPlane>,
+        stream: TcpStream,
+        mut meta: ConnMeta,
+        counters: Arc<GuardCounters>,
+    ) {
+        if self.transparent {
+            meta.original_dst = crate::intercept::original_dst(&stream);
+        }
+        let conn = |meta| {
+            Arc::new(Conn {
+                plane,
+                meta,
+                flags: ConnFlags::default(),
+                activity: Activity::default(),
+            })
+        };
+        let Some(config) = self.tls else {
+            super::conn::serve_connection(conn(meta), stream, counters).await;
+            return;
+        };
+        // Boxed: a TLS session is large, and inline it would size every
+        // connection's task, plain ones included.
+        let tls = Box::pin(TlsAcceptor::from(config).accept(stream));
+        let tls = match tokio::time::timeout(self.handshake_within, tls).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                self.tls_failed.inc();
+                tracing::debug!(listener = &*meta.listener, peer = %meta.peer, %error, "TLS handshake failed.");
+                return;
+            }
+            Err(_) => {
+                self.tls_failed.inc();
+                tracing::debug!(listener = &*meta.listener, peer = %meta.peer, "TLS handshake timed out.");
+                return;
+            }
+        };
+        meta.scheme = "https";
+        meta.alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        Box::pin(super::conn::serve_connection(conn(meta), tls, counters)).await;
+    }
+}
+
 /// Starts accepting on `listener`; returns at once. The loop stops when
 /// shutdown begins, and each open connection is then closed gracefully.
 pub fn serve_listener(plane: Arc<DataPlane>, listener: TcpListener, name: &str) -> ListenerHandle {
@@ -79,6 +146,10 @@ pub fn serve_listener(plane: Arc<DataPlane>, listener: TcpListener, name: &str) 
         .rejected_total
         .with_label_values(&[&*name, "max_connections"]);
     let guard_counters = Arc::new(GuardCounters::new(&plane.metrics, &name));
+    let tls_failed = plane
+        .metrics
+        .rejected_total
+        .with_label_values(&[&*name, "tls_handshake"]);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -94,10 +165,17 @@ pub fn serve_listener(plane: Arc<DataPlane>, listener: TcpListener, name: &str) 
                     continue;
                 }
             };
-            let limit = plane
-                .snapshot()
-                .listener(&name)
-                .map_or(usize::MAX, |plan| plan.limits.max_connections);
+            let snapshot = plane.snapshot();
+            let plan = snapshot.listener(&name);
+            let limit = plan.map_or(usize::MAX, |plan| plan.limits.max_connections);
+            let accept = Accept {
+                tls: plan.and_then(|plan| plan.tls.clone()),
+                transparent: plan.is_some_and(|plan| plan.transparent),
+                handshake_within: plan
+                    .map_or(Duration::from_secs(10), |plan| plan.limits.header_read),
+                tls_failed: tls_failed.clone(),
+            };
+            drop(snapshot);
             let slot = OpenSlot(open.clone());
             if open.count.fetch_add(1, Ordering::AcqRel) >= limit {
                 drop(slot);
@@ -108,22 +186,18 @@ pub fn serve_listener(plane: Arc<DataPlane>, listener: TcpListener, name: &str) 
             }
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().unwrap_or(peer);
-            let conn = Arc::new(Conn {
-                plane: plane.clone(),
-                meta: ConnMeta {
-                    listener: name.clone(),
-                    peer,
-                    local,
-                    original_dst: None,
-                    scheme: "http",
-                    alpn: None,
-                },
-                flags: ConnFlags::default(),
-                activity: Activity::default(),
-            });
+            let meta = ConnMeta {
+                listener: name.clone(),
+                peer,
+                local,
+                original_dst: None,
+                scheme: "http",
+                alpn: None,
+            };
             let counters = guard_counters.clone();
+            let plane = plane.clone();
             tokio::spawn(async move {
-                super::conn::serve_connection(conn, stream, counters).await;
+                accept.serve(plane, stream, meta, counters).await;
                 drop(slot);
             });
         }

@@ -2,10 +2,10 @@
 //! from ([`ConnMeta`]), the few facts its parts tell each other
 //! ([`ConnFlags`]), and its request activity ([`Activity`]).
 //!
-//! The accept loop fills [`ConnMeta`] once; the framing guard, the
-//! connection loop and each request read it, whatever the transport (plain
-//! TCP today; TLS and intercepted connections carry more in the same
-//! value). The flags are one atomic byte, written by the part that learns
+//! The accept path fills [`ConnMeta`] once — on a transparent listener
+//! with the original destination, on a TLS listener with `https` and the
+//! ALPN agreed — and the framing guard, the connection loop and each
+//! request read it, whatever the transport. The flags are one atomic byte, written by the part that learns
 //! the fact and read by the others.
 
 use std::net::SocketAddr;

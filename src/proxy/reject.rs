@@ -86,6 +86,12 @@ pub enum Rejection {
     ClientGone,
     /// breakwater failed while serving the request (a caught panic). 500.
     Internal,
+    /// The route forwards to the original destination, and that is one of
+    /// breakwater's own addresses: the connection was not redirected (a
+    /// client called the transparent listener directly), so forwarding it
+    /// would come straight back. 508 Loop Detected (RFC 5842), never
+    /// counted against the upstream.
+    Loop,
 }
 
 /// Why the route stack produced no upstream response.
@@ -182,6 +188,7 @@ impl Rejection {
             Rejection::BadRequestBody => (StatusCode::BAD_REQUEST, "bad-request-body"),
             Rejection::ClientGone => (client_closed_request(), "client-gone"),
             Rejection::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Rejection::Loop => (StatusCode::LOOP_DETECTED, "loop"),
         }
     }
 
@@ -201,7 +208,8 @@ impl Rejection {
             | Rejection::Degraded
             | Rejection::Starting
             | Rejection::NeedsIntervention => Code::UNAVAILABLE,
-            Rejection::BadRequestBody | Rejection::Internal => Code::INTERNAL,
+            // A loop is breakwater's own misconfiguration, not the service's.
+            Rejection::BadRequestBody | Rejection::Internal | Rejection::Loop => Code::INTERNAL,
             Rejection::ClientGone => Code::CANCELLED,
             Rejection::Maintenance => Code::UNAVAILABLE,
             Rejection::FaultAbort {
@@ -382,6 +390,14 @@ mod tests {
         }
         let maintenance = reply(Rejection::Maintenance, grpc);
         assert_eq!(maintenance.headers()["grpc-status"], "14");
+    }
+
+    #[test]
+    fn a_loop_is_508_and_waiting_would_not_help() {
+        let looped = reply(Rejection::Loop, ReplyCx::default());
+        assert_eq!(looped.status(), 508);
+        assert_eq!(looped.headers()[REASON_HEADER], "loop");
+        assert!(looped.headers().get(RETRY_AFTER).is_none());
     }
 
     #[test]

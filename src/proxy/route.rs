@@ -6,6 +6,9 @@
 //! target's scheme and authority are never used to pick an upstream:
 //! `GET http://other-host/` is matched on its path and host like any other
 //! request and goes to a configured upstream, never to `other-host`.
+//! `match.port` is the port the client connected to — on a transparent
+//! listener, the original destination's port — which the connection, not
+//! the request, tells.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, HOST};
 use http::{Method, Uri};
@@ -19,6 +22,7 @@ pub struct Matcher {
     path: PathMatch,
     methods: Vec<Method>,
     headers: Vec<(HeaderName, HeaderValue)>,
+    port: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +50,9 @@ pub struct RequestFacts<'a> {
     pub host: Option<&'a str>,
     /// All request headers.
     pub headers: &'a HeaderMap,
+    /// The port the client connected to (the original destination's on a
+    /// transparent listener), when known.
+    pub port: Option<u16>,
 }
 
 impl<'a> RequestFacts<'a> {
@@ -56,7 +63,14 @@ impl<'a> RequestFacts<'a> {
             path: uri.path(),
             host: request_host(uri, headers),
             headers,
+            port: None,
         }
+    }
+
+    /// The same facts, on a connection made to `port`.
+    pub fn on_port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
     }
 }
 
@@ -119,6 +133,7 @@ impl Matcher {
             path,
             methods,
             headers,
+            port: config.port,
         }
     }
 
@@ -133,6 +148,9 @@ impl Matcher {
             return false;
         }
         if !self.methods.is_empty() && !self.methods.contains(request.method) {
+            return false;
+        }
+        if self.port.is_some() && self.port != request.port {
             return false;
         }
         if let Some(host_match) = &self.host {
@@ -270,6 +288,21 @@ mod tests {
         headers.append("x-env", HeaderValue::from_static("prod"));
         headers.append("x-env", HeaderValue::from_static("canary"));
         assert!(route.matches(&facts(&Method::GET, &uri, &headers)));
+    }
+
+    #[test]
+    fn port_matching() {
+        let route = matcher(RouteMatch {
+            port: Some(8080),
+            ..Default::default()
+        });
+        let uri: Uri = "/".parse().unwrap();
+        let headers = HeaderMap::new();
+        let request = facts(&Method::GET, &uri, &headers);
+        assert!(!route.matches(&request), "an unknown port never matches");
+        assert!(route.matches(&request.on_port(8080)));
+        assert!(!route.matches(&request.on_port(9090)));
+        assert!(matcher(RouteMatch::default()).matches(&request.on_port(9090)));
     }
 
     #[test]

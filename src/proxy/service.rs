@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -30,6 +31,8 @@ use super::meta::{Conn, Flag};
 use super::outcome::{CallError, End, EndReason, Outcome};
 use super::reject::{self, Rejection, ReplyCx, StackError};
 use super::route::{self, RequestFacts};
+use super::upstream::endpoint::OriginalTarget;
+use crate::config::OriginalDst;
 use crate::metrics::RouteMetrics;
 use crate::policy::overload::Level;
 
@@ -121,8 +124,12 @@ async fn serve(
     test_hooks::maybe_panic(parts.uri.path());
 
     let listener = snapshot.listener(&conn.meta.listener);
+    // The port the client connected to: the original destination's on a
+    // transparent listener.
+    let destination = conn.meta.original_dst.unwrap_or(conn.meta.local);
     let chosen = listener.and_then(|listener| {
-        let facts = RequestFacts::new(&parts.method, &parts.uri, &parts.headers);
+        let facts = RequestFacts::new(&parts.method, &parts.uri, &parts.headers)
+            .on_port(destination.port());
         route::select(&listener.matchers, &facts).and_then(|index| listener.routes.get(index))
     });
     let (Some(listener), Some(route)) = (listener, chosen) else {
@@ -131,6 +138,19 @@ async fn serve(
         return log.finish_with(response);
     };
     log.metrics = route.metrics.clone();
+    if let Some(mode) = route.upstream.original_dst() {
+        let target = match mode {
+            OriginalDst::Loopback => SocketAddr::from((Ipv4Addr::LOCALHOST, destination.port())),
+            OriginalDst::Address => destination,
+        };
+        if snapshot.is_own_address(target, conn.meta.local) {
+            tracing::debug!(peer = %conn.meta.peer, %target, "Refused: the original destination is breakwater itself.");
+            let mut response = reject::reply(Rejection::Loop, reply);
+            response.body_mut().classify(Outcome::Rejected, None);
+            return log.finish_with(response);
+        }
+        parts.extensions.insert(OriginalTarget(target));
+    }
 
     // Headers: the upstream sees a clean, attributed request.
     let host = parts.headers.get(HOST).cloned().or_else(|| {

@@ -6,6 +6,10 @@
 //! once and keeps that `Arc` to its end, so a reload never changes the
 //! rules under a request in flight.
 //!
+//! TLS files are read on every build: a listener's server config is made
+//! anew (the next handshake uses it), and a kept upstream pool re-reads its
+//! client files for its next dial.
+//!
 //! What a reload keeps: upstream pools whose config did not change (warm
 //! connections, endpoint health, ejections), every upstream's gate
 //! (readiness, failover: `gate.rs`), and per route each policy whose
@@ -18,6 +22,8 @@
 //! the backstop), and the running snapshot keeps serving.
 
 use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,6 +124,9 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<UpstreamPool>>,
     /// Metric handles for requests that matched no route (`route=""`).
     pub no_route_metrics: Arc<RouteMetrics>,
+    /// breakwater's own listening addresses (listeners and admin): an
+    /// original destination among them would loop.
+    pub own_addresses: Vec<SocketAddr>,
 }
 
 /// What one listener does with a request.
@@ -126,6 +135,10 @@ pub struct ListenerPlan {
     pub name: String,
     /// Keep client `x-forwarded-proto`/`-host`.
     pub trust_forwarded: bool,
+    /// TLS termination, for handshakes from now on.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Reads each connection's original destination.
+    pub transparent: bool,
     /// Connection limits, applied to connections accepted from now on.
     pub limits: Limits,
     /// Routes in match order.
@@ -186,7 +199,12 @@ impl Snapshot {
                     .find(|pool| pool.config == *upstream)
             });
             match kept {
-                Some(pool) => upstreams.push(pool.clone()),
+                Some(pool) => {
+                    if let Err(problem) = pool.reload_tls() {
+                        problems.push(problem);
+                    }
+                    upstreams.push(pool.clone());
+                }
                 None => match UpstreamPool::new(
                     upstream,
                     wiring.gates.get(&upstream.name),
@@ -207,11 +225,12 @@ impl Snapshot {
             for route in &listener.routes {
                 let Some(upstream) = upstreams
                     .iter()
-                    .find(|pool| pool.config.name == route.upstream)
+                    .find(|pool| pool.config.name == route.upstream())
                 else {
                     problems.push(format!(
                         "route {}: no upstream named {:?}",
-                        route.name, route.upstream
+                        route.name,
+                        route.upstream()
                     ));
                     continue;
                 };
@@ -225,9 +244,23 @@ impl Snapshot {
                 .iter()
                 .map(|route| Matcher::new(&route.config.matcher))
                 .collect();
+            let tls = listener.tls.as_ref().and_then(|tls| {
+                crate::tls::server_config(
+                    Path::new(&tls.cert),
+                    Path::new(&tls.key),
+                    tls.client_ca.as_deref().map(Path::new),
+                )
+                .map(Arc::new)
+                .map_err(|error| {
+                    problems.push(format!("listener {}: tls: {error}", listener.name));
+                })
+                .ok()
+            });
             listeners.push(ListenerPlan {
                 name: listener.name.clone(),
                 trust_forwarded: listener.trust_forwarded,
+                tls,
+                transparent: listener.transparent,
                 limits: listener.limits.clone(),
                 routes,
                 matchers,
@@ -236,7 +269,14 @@ impl Snapshot {
         if !problems.is_empty() {
             return Err(SnapshotError(problems));
         }
+        let own_addresses = config
+            .listeners
+            .iter()
+            .map(|listener| listener.listen)
+            .chain([config.admin.listen])
+            .collect();
         Ok(Snapshot {
+            own_addresses,
             version,
             config: Arc::new(config),
             listeners,
@@ -260,6 +300,19 @@ impl Snapshot {
         self.listeners
             .iter()
             .flat_map(|listener| listener.routes.iter())
+    }
+
+    /// Whether a connection to `target` would reach breakwater itself
+    /// (one of [`Snapshot::own_addresses`]), for a connection accepted on
+    /// `local`: the same address, or the same port of a wildcard listener
+    /// on a loopback address or the connection's own local address.
+    pub fn is_own_address(&self, target: SocketAddr, local: SocketAddr) -> bool {
+        self.own_addresses.iter().any(|own| {
+            own.port() == target.port()
+                && (own.ip() == target.ip()
+                    || (own.ip().is_unspecified()
+                        && (target.ip().is_loopback() || target.ip() == local.ip())))
+        })
     }
 
     /// The pool of the upstream named `name`.
@@ -492,7 +545,7 @@ upstreams:
     #[tokio::test]
     async fn a_route_without_its_upstream_fails_the_build_instead_of_vanishing() {
         let mut config = config();
-        config.listeners[0].routes[0].upstream = "gone".to_owned();
+        config.listeners[0].routes[0].upstream = Some("gone".to_owned());
         let error = build(config).err().expect("the build must fail");
         assert_eq!(error.0, ["route main: no upstream named \"gone\""]);
     }

@@ -1648,7 +1648,7 @@ impl Task {
         }
         let breaker_open = snapshot
             .routes()
-            .filter(|route| route.config.upstream == self.name)
+            .filter(|route| route.config.upstream() == self.name)
             .any(|route| {
                 route.breaker.as_ref().is_some_and(|breaker| {
                     matches!(breaker.state(), BreakerState::Open | BreakerState::HalfOpen)

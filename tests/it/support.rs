@@ -113,14 +113,14 @@ impl Process {
         Process::spawn_command(command)
     }
 
-    /// Runs `command` (arguments and environment set) with its output
-    /// captured.
+    /// Spawns `command` (any program: `ip netns exec … breakwater …`),
+    /// its output captured like breakwater's.
     pub fn spawn_command(mut command: Command) -> Process {
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("spawn breakwater");
+        let mut child = command.spawn().expect("spawn");
         let stdout = Output::default();
         let stderr = Output::default();
         stdout.capture(child.stdout.take().expect("stdout"), "out");

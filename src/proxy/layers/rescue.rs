@@ -357,6 +357,7 @@ fn fallback_when(error: StackError) -> Option<FallbackWhen> {
             }
             // An injected abort is meant to reach the caller as it is.
             Rejection::FaultAbort { .. }
+            | Rejection::Loop
             | Rejection::NoRoute
             | Rejection::BadRequestBody
             | Rejection::ClientGone

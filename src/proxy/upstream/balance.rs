@@ -35,12 +35,12 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower::Service;
 
-use super::connect::Connect;
+use super::connect::{Connect, UpstreamTls};
 use super::endpoint::Endpoint;
 use super::http1::PoolLimits;
 use super::passive::{PassiveHealth, TryRecord};
 use super::retry::TryContext;
-use crate::config::Upstream;
+use crate::config::{OriginalDst, Upstream};
 use crate::events::EventBus;
 use crate::grpc;
 use crate::policy::outlier::{OutlierConfig, OutlierDetector};
@@ -58,6 +58,8 @@ pub struct UpstreamPool {
     pub config: Upstream,
     endpoints: Vec<Endpoint>,
     backup: Vec<Endpoint>,
+    /// The TLS client every endpoint dials with, when `tls:` is set.
+    tls: Option<Arc<UpstreamTls>>,
     next: AtomicUsize,
     gate: Arc<UpstreamGate>,
     health: Arc<PassiveHealth>,
@@ -85,9 +87,24 @@ impl UpstreamPool {
                 })
                 .collect::<Result<Vec<_>, String>>()
         };
-        let primaries = parse(&config.endpoints)?;
+        let mut primaries = parse(&config.endpoints)?;
+        if config.original_dst.is_some() {
+            primaries = vec![Authority::from_static(crate::config::ORIGINAL_DST_UPSTREAM)];
+        }
         let backups = parse(&config.backup)?;
-        let connect = Connect::new(config.connect_timeout);
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|tls| {
+                UpstreamTls::load(tls)
+                    .map(Arc::new)
+                    .map_err(|error| format!("upstream {}: tls: {error}", config.name))
+            })
+            .transpose()?;
+        let mut connect = Connect::new(config.connect_timeout);
+        if let Some(tls) = &tls {
+            connect = connect.with_tls(tls.clone());
+        }
         let outlier = config.outlier_detection.on().map(|outlier| {
             OutlierDetector::with_spare(
                 OutlierConfig {
@@ -111,14 +128,36 @@ impl UpstreamPool {
         ));
         let limits = pool_limits(config);
         let endpoint = |authority: Authority| Endpoint::new(authority, &connect, limits);
+        let endpoints = match config.original_dst {
+            Some(_) => vec![Endpoint::original_dst(&connect, limits)],
+            None => primaries.into_iter().map(endpoint).collect(),
+        };
         Ok(UpstreamPool {
             config: config.clone(),
-            endpoints: primaries.into_iter().map(endpoint).collect(),
+            endpoints,
             backup: backups.into_iter().map(endpoint).collect(),
+            tls,
             next: AtomicUsize::new(0),
             gate,
             health,
         })
+    }
+
+    /// Where requests go when the upstream has `original_dst`: each to
+    /// where its connection was going, mapped by this mode.
+    pub fn original_dst(&self) -> Option<OriginalDst> {
+        self.config.original_dst
+    }
+
+    /// Reads the upstream's TLS files again for the next dial (a reload
+    /// that kept this pool); connections already open keep theirs.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match (&self.tls, &self.config.tls) {
+            (Some(client), Some(config)) => client
+                .reload(config)
+                .map_err(|error| format!("upstream {}: tls: {error}", self.config.name)),
+            _ => Ok(()),
+        }
     }
 
     /// The upstream's gate (readiness, failover, try counts).

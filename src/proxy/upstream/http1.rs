@@ -72,7 +72,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::connect::Connect;
+use super::connect::{Alpn, Connect};
 use crate::proxy::outcome::CallError;
 
 /// Idle upstream connections are closed after this.
@@ -469,7 +469,7 @@ where
     /// Dials a new connection into `slot`.
     async fn dial(self: &Arc<Self>, slot: Slot<B>) -> Result<Dialled<B>, CallError> {
         let progress = self.progress.load(Ordering::Relaxed);
-        let stream = match self.connect.connect(&self.authority).await {
+        let stream = match self.connect.connect(&self.authority, Alpn::Http1).await {
             Ok(stream) => stream,
             Err(error) => {
                 drop(slot);

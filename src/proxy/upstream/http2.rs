@@ -1,4 +1,5 @@
-//! HTTP/2 (h2c, prior knowledge) to one upstream endpoint: one multiplexed
+//! HTTP/2 to one upstream endpoint — h2c with prior knowledge, or over TLS
+//! with ALPN `h2` when the upstream has `tls:` — as one multiplexed
 //! connection, dialled through the endpoint's [`Connect`] and shared by
 //! every request.
 //!
@@ -17,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::connect::Connect;
+use super::connect::{Alpn, Connect};
 use crate::proxy::outcome::CallError;
 
 /// The HTTP/2 connection to one endpoint.
@@ -55,7 +56,11 @@ where
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(if self.connect.tls().is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(path);
         *request.uri_mut() = Uri::from_parts(parts).map_err(|_| CallError::Connect)?;
@@ -86,7 +91,7 @@ where
         if let Some(sender) = self.open() {
             return Ok(sender);
         }
-        let stream = self.connect.connect(&self.authority).await?;
+        let stream = self.connect.connect(&self.authority, Alpn::Http2).await?;
         let (sender, connection) = Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))

@@ -32,6 +32,8 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
+use super::endpoint::OriginalTarget;
+
 use crate::policy::backoff::Backoff;
 use crate::policy::degradation::Priority;
 use crate::policy::retry::{may_retry, RetryOn, TryOutcome};
@@ -238,6 +240,9 @@ where
         request.extensions_mut().insert(context.clone());
         if let Some(deadline) = deadline {
             request.extensions_mut().insert(deadline);
+        }
+        if let Some(target) = parts.extensions.get::<OriginalTarget>() {
+            request.extensions_mut().insert(*target);
         }
         let result = inner.clone().oneshot(request).await;
         let outcome = match &result {
