@@ -28,7 +28,7 @@
 //! | POST `/upstreams/{name}/drill`     | `{"action": "kill"\|"hang"}`: a recovery drill     |
 //! | PUT `/maintenance`                 | `{"upstream", "on", "reason", "ttl"}`             |
 //!
-//! The operations calls (faults, drills, maintenance) are in [`ops`].
+//! The operations calls (faults, drills, maintenance) are in `ops.rs`.
 //!
 //! Every answer is JSON except `/metrics` and the dashboard. Mutating
 //! paths take their one method (POST, PUT for `/degradation`, `/faults`

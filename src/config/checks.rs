@@ -12,151 +12,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
-use super::declare::merge;
-use super::decode::{pattern, ByteSize, Cx};
-use super::yaml::{Node, Value};
-
-/// Why a value failed a check: the message, and the list item or mapping
-/// entry at fault, if it is one.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Fault {
-    /// Index of the item (list) or entry (mapping) at fault.
-    pub item: Option<usize>,
-    /// What is wrong, as a sentence.
-    pub message: String,
-}
-
-impl From<String> for Fault {
-    fn from(message: String) -> Self {
-        Fault {
-            item: None,
-            message,
-        }
-    }
-}
-
-type Test<V> = Box<dyn Fn(&V) -> Vec<Fault>>;
-
-/// One rule a value of type `V` must follow, with its docs and schema.
-pub struct Check<V> {
-    /// The rule in words, for the docs: `at least 1`.
-    pub doc: String,
-    /// JSON Schema keywords that say the same, merged into the key's schema.
-    pub schema: Json,
-    /// Whether the rule judges the value as a whole (a list not empty),
-    /// which it cannot do once an item failed to decode and was left out.
-    pub whole: bool,
-    test: Test<V>,
-}
-
-impl<V> Check<V> {
-    /// A rule on the whole value.
-    pub fn new(
-        doc: impl Into<String>,
-        schema: Json,
-        test: impl Fn(&V) -> Result<(), Fault> + 'static,
-    ) -> Self {
-        Check {
-            doc: doc.into(),
-            schema,
-            whole: false,
-            test: Box::new(move |value| test(value).err().into_iter().collect()),
-        }
-    }
-
-    /// A rule on each item of a list (or entry of a mapping): every item
-    /// that breaks it is reported, at its own line.
-    pub fn each<T: 'static>(
-        doc: impl Into<String>,
-        schema: Json,
-        test: impl Fn(&T) -> Result<(), String> + 'static,
-    ) -> Self
-    where
-        V: Checked<Item = Vec<T>>,
-    {
-        Check {
-            doc: doc.into(),
-            schema,
-            whole: false,
-            test: Box::new(move |value: &V| {
-                let items = value.item().map_or(&[][..], Vec::as_slice);
-                items
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(at, item)| {
-                        test(item).err().map(|message| Fault {
-                            item: Some(at),
-                            message,
-                        })
-                    })
-                    .collect()
-            }),
-        }
-    }
-
-    /// Records an issue for each fault of `value` (read from `node`, whose
-    /// key is on `line`).
-    pub fn run(&self, cx: &mut Cx, node: &Node, line: usize, value: &V) {
-        for fault in (self.test)(value) {
-            let item = fault.item.and_then(|index| {
-                let index = cx.source_index(&cx.path(), index);
-                match &node.value {
-                    Value::Seq(items) => items
-                        .get(index)
-                        .map(|item| (format!("[{index}]"), item.line)),
-                    Value::Map(entries) => entries.get(index).map(|(key, _)| {
-                        let name = match &key.value {
-                            Value::Scalar { text, .. } => text.clone(),
-                            _ => format!("[{index}]"),
-                        };
-                        (name, key.line)
-                    }),
-                    _ => None,
-                }
-            });
-            match item {
-                Some((relative, line)) => cx.error_at(&relative, Some(line), fault.message),
-                None => cx.error(line, fault.message),
-            }
-        }
-    }
-}
-
-/// What a check looks at: the value itself, or nothing for an absent
-/// `Option`, so one check serves `u32` and `Option<u32>` fields alike.
-pub trait Checked: 'static {
-    /// The checked type.
-    type Item;
-    /// The value to check, if any.
-    fn item(&self) -> Option<&Self::Item>;
-}
-
-macro_rules! checked_as_itself {
-    ($($ty:ty),*) => {$(
-        impl Checked for $ty {
-            type Item = $ty;
-            fn item(&self) -> Option<&$ty> {
-                Some(self)
-            }
-        }
-    )*};
-}
-
-checked_as_itself!(u16, u32, u64, usize, f64, Duration, ByteSize, String);
-
-impl<T: 'static> Checked for Vec<T> {
-    type Item = Vec<T>;
-    fn item(&self) -> Option<&Vec<T>> {
-        Some(self)
-    }
-}
-
-impl<T: Checked> Checked for Option<T> {
-    type Item = T::Item;
-    fn item(&self) -> Option<&T::Item> {
-        self.as_ref().and_then(Checked::item)
-    }
-}
+pub use super::check::{Check, Checked, Fault};
+use super::decode::ByteSize;
+use super::docs::{merge, pattern};
 
 /// A check of the checked item, passing absent values.
 fn check<V: Checked>(
@@ -449,6 +307,23 @@ pub fn host_ports<V: Checked<Item = Vec<String>>>() -> Check<V> {
                 Err(format!(
                     "expected host:port like 127.0.0.1:8080, found {endpoint:?}"
                 ))
+            }
+        },
+    )
+}
+
+/// Header names and values HTTP accepts.
+pub fn header_fields() -> Check<Vec<(String, String)>> {
+    Check::each(
+        "valid header names and values",
+        serde_json::json!({"propertyNames": {"pattern": "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"}}),
+        |(name, value): &(String, String)| {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                Err(format!("{name:?} is not a valid header name"))
+            } else if http::HeaderValue::from_str(value).is_err() {
+                Err(format!("{value:?} is not a valid header value"))
+            } else {
+                Ok(())
             }
         },
     )

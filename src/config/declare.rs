@@ -36,46 +36,12 @@
 
 use serde_json::{json, Map, Value as Json};
 
-use super::checks::Check;
+use super::check::Check;
 use super::decode::{ConfigValue, Cx};
+use super::docs::merge;
 use super::yaml::{Node, Value};
 
 // === docs ===
-
-/// One section of the reference docs.
-#[derive(Debug, Clone)]
-pub struct SectionDoc {
-    /// Where it lives: `listeners[].routes[].circuit_breaker`; empty for
-    /// the top level.
-    pub path: String,
-    /// The section's doc comment.
-    pub doc: String,
-    /// Its keys, in declaration order.
-    pub keys: Vec<KeyDoc>,
-    /// Keys the SPEC defines for a later part; refused for now.
-    pub later: Vec<&'static str>,
-}
-
-/// One key of a [`SectionDoc`].
-#[derive(Debug, Clone)]
-pub struct KeyDoc {
-    /// The key as written in YAML.
-    pub name: &'static str,
-    /// Its type, for the docs.
-    pub type_name: String,
-    /// Its doc comment.
-    pub doc: String,
-    /// The default as printed, `None` when the key is required.
-    pub default: Option<Json>,
-    /// What the docs say instead of `default`, when it depends on other keys.
-    pub default_text: Option<&'static str>,
-    /// The value rules, in words.
-    pub checks: Vec<String>,
-    /// Decodes a node as this key's type and prints it the canonical way,
-    /// or `None` if it does not decode: how a value written in the
-    /// reference config is compared with the default.
-    pub normalize: fn(&Node) -> Option<Json>,
-}
 
 /// Joins doc-comment lines into one paragraph (blank lines kept as breaks).
 pub fn join_doc(lines: &[&str]) -> String {
@@ -111,25 +77,6 @@ pub fn normalize<T: ConfigValue>(node: &Node) -> Option<Json> {
 }
 
 // === schema ===
-
-/// Merges `extra` into `schema`, objects key by key.
-pub fn merge(schema: &mut Json, extra: &Json) {
-    match (schema, extra) {
-        (Json::Object(schema), Json::Object(extra)) => {
-            for (key, value) in extra {
-                match schema.get_mut(key) {
-                    Some(existing) if existing.is_object() && value.is_object() => {
-                        merge(existing, value)
-                    }
-                    _ => {
-                        schema.insert(key.clone(), value.clone());
-                    }
-                }
-            }
-        }
-        (schema, extra) => *schema = extra.clone(),
-    }
-}
 
 /// The schema of one key: its type's, with its doc, default and checks.
 /// A default that depends on other keys (`default_text`) is said in the
@@ -301,12 +248,12 @@ macro_rules! section {
                 "mapping".to_owned()
             }
 
-            fn sections(path: &str, out: &mut Vec<$crate::config::declare::SectionDoc>) {
-                out.push($crate::config::declare::SectionDoc {
+            fn sections(path: &str, out: &mut Vec<$crate::config::docs::SectionDoc>) {
+                out.push($crate::config::docs::SectionDoc {
                     path: path.to_owned(),
                     doc: $crate::config::declare::join_doc(&[$($doc),*]),
                     keys: vec![$(
-                        $crate::config::declare::KeyDoc {
+                        $crate::config::docs::KeyDoc {
                             name: section!(@key $($key)? ; $field),
                             type_name: <$ty as $crate::config::decode::ConfigValue>::type_name(),
                             doc: $crate::config::declare::join_doc(&[$($key_doc),*]),
@@ -354,7 +301,7 @@ macro_rules! section {
     (@key ; $field:ident) => { stringify!($field) };
 
     (@checks $ty:ty ; $($check:expr),*) => {{
-        let checks: Vec<$crate::config::checks::Check<$ty>> = vec![$($check),*];
+        let checks: Vec<$crate::config::check::Check<$ty>> = vec![$($check),*];
         checks
     }};
 
@@ -484,7 +431,7 @@ macro_rules! via_keys {
             fn type_name() -> String {
                 <$keys as $crate::config::decode::ConfigValue>::type_name()
             }
-            fn sections(path: &str, out: &mut Vec<$crate::config::declare::SectionDoc>) {
+            fn sections(path: &str, out: &mut Vec<$crate::config::docs::SectionDoc>) {
                 <$keys as $crate::config::decode::ConfigValue>::sections(path, out)
             }
         }

@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
-use super::checks::Check;
-use super::declare::SectionDoc;
+use super::check::{Check, Checked, Fault};
+use super::docs::pattern;
+use super::docs::SectionDoc;
 use super::yaml::{Node, Value};
 
 /// One problem in a config file.
@@ -66,6 +67,34 @@ enum Segment {
 }
 
 impl Cx {
+    /// Records an issue for each of `faults`, found in the value read
+    /// from `node` (whose key is on `line`): at the item or entry at fault
+    /// when the fault names one.
+    pub fn report(&mut self, node: &Node, line: usize, faults: Vec<Fault>) {
+        for fault in faults {
+            let item = fault.item.and_then(|index| {
+                let index = self.source_index(&self.path(), index);
+                match &node.value {
+                    Value::Seq(items) => items
+                        .get(index)
+                        .map(|item| (format!("[{index}]"), item.line)),
+                    Value::Map(entries) => entries.get(index).map(|(key, _)| {
+                        let name = match &key.value {
+                            Value::Scalar { text, .. } => text.clone(),
+                            _ => format!("[{index}]"),
+                        };
+                        (name, key.line)
+                    }),
+                    _ => None,
+                }
+            });
+            match item {
+                Some((relative, line)) => self.error_at(&relative, Some(line), fault.message),
+                None => self.error(line, fault.message),
+            }
+        }
+    }
+
     /// The current key path, formatted as `a.b[2].c`.
     pub fn path(&self) -> String {
         let mut out = String::new();
@@ -225,12 +254,6 @@ pub fn words_name(words: &[&str]) -> String {
     }
 }
 
-/// A JSON Schema pattern that also accepts any text holding `${NAME}`:
-/// such a value is only known once the environment is read.
-pub fn pattern(regex: &str) -> String {
-    format!("^(?:{regex})$|\\$\\{{")
-}
-
 // === the mapping reader ===
 
 /// The keys of one mapping, read by name. Keys nobody asked for are
@@ -319,7 +342,7 @@ impl<'n> Keys<'n> {
             // only route failed would repeat that failure.
             let parts_failed = cx.issues.len() > before;
             for check in checks.iter().filter(|check| !(check.whole && parts_failed)) {
-                check.run(cx, node, line, &value);
+                cx.report(node, line, check.faults(&value));
             }
             Some(value)
         });
@@ -504,7 +527,18 @@ impl fmt::Display for ByteSize {
     }
 }
 
-serialize_as_json!(ByteSize);
+impl serde::Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.to_json(), serializer)
+    }
+}
+
+impl Checked for ByteSize {
+    type Item = ByteSize;
+    fn item(&self) -> Option<&ByteSize> {
+        Some(self)
+    }
+}
 
 impl ConfigValue for ByteSize {
     fn decode(cx: &mut Cx, node: &Node) -> Option<Self> {

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::checks::{above_zero, at_least, between};
+use super::checks::{above_zero, at_least, between, header_fields};
 use super::decode::{ByteSize, Cx, Keys};
-use super::model::header_fields;
 use super::policy::GrpcCode;
 use super::yaml::Node;
 

@@ -17,11 +17,13 @@
 //! With no file, breakwater runs [`DEFAULT_CONFIG`], which goes through the
 //! same pipeline so the embedded default can never drift from the rules.
 
+pub(crate) mod check;
 #[macro_use]
 mod declare;
 mod checks;
 mod decode;
 pub mod degrade;
+pub(crate) mod docs;
 mod model;
 pub mod ops;
 pub mod policy;
@@ -33,11 +35,11 @@ pub mod yaml;
 use std::net::SocketAddr;
 use std::path::Path;
 
-pub use declare::{KeyDoc, SectionDoc};
 pub use decode::{ByteSize, ConfigIssue, ConfigValue, Cx};
 pub use degrade::{
     Degradation, DegradationSetting, Fallback, FallbackWhen, Priority, StaleIfError,
 };
+pub use docs::{KeyDoc, SectionDoc};
 pub use model::*;
 pub use ops::{
     ConfigRollback, Dependency, DependencyCheck, FaultAbort, FaultDelay, FaultInjection, Rollback,

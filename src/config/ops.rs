@@ -197,7 +197,7 @@ section! {
 fn host_port<V: super::checks::Checked<Item = String>>() -> Check<V> {
     Check::new(
         "host:port",
-        json!({"pattern": super::decode::pattern("[^@/\\s]+:[0-9]{1,5}")}),
+        json!({"pattern": super::docs::pattern("[^@/\\s]+:[0-9]{1,5}")}),
         |value: &V| {
             let Some(address) = value.item() else {
                 return Ok(());

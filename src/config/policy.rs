@@ -15,7 +15,8 @@ use serde_json::{json, Value as Json};
 use super::checks::{
     above_zero, at_least, at_most, between, fraction, non_empty, ratio, statuses, url_path,
 };
-use super::decode::{parse_with, pattern, ConfigValue, Cx, Keys};
+use super::decode::{parse_with, ConfigValue, Cx, Keys};
+use super::docs::pattern;
 use super::yaml::{Node, Value};
 
 pub use crate::grpc::Code as GrpcCode;
@@ -80,7 +81,7 @@ impl<T: ConfigValue> ConfigValue for Toggle<T> {
     fn type_name() -> String {
         format!("`false`, `true` or {}", T::type_name())
     }
-    fn sections(path: &str, out: &mut Vec<super::declare::SectionDoc>) {
+    fn sections(path: &str, out: &mut Vec<super::docs::SectionDoc>) {
         T::sections(path, out);
     }
 }

@@ -8,8 +8,8 @@
 
 use serde_json::{json, Value as Json};
 
-use super::declare::{KeyDoc, SectionDoc};
 use super::decode::ConfigValue;
+use super::docs::{KeyDoc, SectionDoc};
 use super::Config;
 
 /// The config's JSON Schema (draft-07), for editors and CI.

@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde_json::{json, Value as Json};
 
 use super::checks::{above_zero, at_least, fraction, non_empty};
-use super::decode::{pattern, ByteSize, ConfigValue, Cx, Keys};
+use super::decode::{ByteSize, ConfigValue, Cx, Keys};
+use super::docs::pattern;
 use super::ops::{Dependency, Rollback};
 use super::yaml::{Node, Value};
 

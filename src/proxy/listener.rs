@@ -178,9 +178,11 @@ pub fn serve_listener(plane: Arc<DataPlane>, listener: TcpListener, name: &str) 
             drop(snapshot);
             let slot = OpenSlot(open.clone());
             if open.count.fetch_add(1, Ordering::AcqRel) >= limit {
+                // Counted before the close, so whoever sees the close
+                // sees the count.
+                rejected.inc();
                 drop(slot);
                 drop(stream);
-                rejected.inc();
                 tracing::debug!(listener = &*name, %peer, limit, "Connection refused: max_connections reached.");
                 continue;
             }

@@ -39,7 +39,6 @@ use super::connect::{Connect, UpstreamTls};
 use super::endpoint::Endpoint;
 use super::http1::PoolLimits;
 use super::passive::{PassiveHealth, TryRecord};
-use super::retry::TryContext;
 use crate::config::{OriginalDst, Upstream};
 use crate::events::EventBus;
 use crate::grpc;
@@ -290,6 +289,30 @@ fn pool_limits(config: &Upstream) -> PoolLimits {
     }
 }
 
+/// Which endpoint the previous try of a request went to, so the next one
+/// goes elsewhere. Carried in each retried try's request extensions.
+#[derive(Clone, Debug, Default)]
+pub struct TryContext(Arc<AtomicUsize>);
+
+const NO_ENDPOINT: usize = usize::MAX;
+
+impl TryContext {
+    /// A context for a request's first try.
+    pub fn new() -> Self {
+        TryContext(Arc::new(AtomicUsize::new(NO_ENDPOINT)))
+    }
+
+    /// The endpoint the previous try went to.
+    pub fn last_endpoint(&self) -> Option<usize> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&index| index != NO_ENDPOINT)
+    }
+
+    /// Notes the endpoint this try goes to.
+    pub fn set_last_endpoint(&self, index: usize) {
+        self.0.store(index, Ordering::Relaxed);
+    }
+}
+
 /// The bottom of a route stack: one try at one endpoint.
 #[derive(Clone)]
 pub struct Balance {
@@ -398,5 +421,18 @@ async fn try_once(
             pool.health.record(index, error.outcome(), end);
             Err(StackError::Upstream(error))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_try_context_remembers_the_last_endpoint() {
+        let context = TryContext::new();
+        assert_eq!(context.last_endpoint(), None);
+        context.clone().set_last_endpoint(2);
+        assert_eq!(context.last_endpoint(), Some(2));
     }
 }

@@ -20,7 +20,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -34,6 +33,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::endpoint::OriginalTarget;
 
+use super::balance::TryContext;
 use crate::policy::backoff::Backoff;
 use crate::policy::degradation::Priority;
 use crate::policy::retry::{may_retry, RetryOn, TryOutcome};
@@ -58,29 +58,6 @@ pub struct RetryPlan {
     pub budget: Arc<RetryBudget>,
     /// Delay between tries.
     pub backoff: Backoff,
-}
-
-/// Which endpoint the previous try of a request went to, so the next one
-/// goes elsewhere. Carried in each retried try's request extensions.
-#[derive(Clone, Debug, Default)]
-pub struct TryContext(Arc<AtomicUsize>);
-
-const NO_ENDPOINT: usize = usize::MAX;
-
-impl TryContext {
-    fn new() -> Self {
-        TryContext(Arc::new(AtomicUsize::new(NO_ENDPOINT)))
-    }
-
-    /// The endpoint the previous try went to.
-    pub fn last_endpoint(&self) -> Option<usize> {
-        Some(self.0.load(Ordering::Relaxed)).filter(|&index| index != NO_ENDPOINT)
-    }
-
-    /// Notes the endpoint this try goes to.
-    pub fn set_last_endpoint(&self, index: usize) {
-        self.0.store(index, Ordering::Relaxed);
-    }
 }
 
 /// Applies a route's [`RetryPlan`], if it has one.
@@ -359,13 +336,5 @@ mod tests {
         assert!(matches!(replayable(big).await, Replay::Once(_)));
         let streamed = Body::with_trailers(Bytes::from_static(b"x"), http::HeaderMap::new());
         assert!(matches!(replayable(streamed).await, Replay::Streamed(..)));
-    }
-
-    #[test]
-    fn the_try_context_remembers_the_last_endpoint() {
-        let context = TryContext::new();
-        assert_eq!(context.last_endpoint(), None);
-        context.clone().set_last_endpoint(2);
-        assert_eq!(context.last_endpoint(), Some(2));
     }
 }
