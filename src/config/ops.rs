@@ -100,8 +100,7 @@ pub struct Dependency {
     pub unhealthy_threshold: u32,
 }
 
-/// How a dependency is checked. More kinds come (gRPC health checks);
-/// code that matches on it should expect them.
+/// How a dependency is checked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DependencyCheck {
     /// A TCP connect to `address` must succeed.
@@ -120,22 +119,30 @@ pub enum DependencyCheck {
     },
     /// A command that must exit 0.
     Exec(Vec<String>),
+    /// The standard gRPC health check at `address` must answer `SERVING`.
+    Grpc {
+        /// `host:port`, spoken to as HTTP/2 (h2c).
+        address: String,
+        /// The service asked about; `""` is the whole server.
+        service: String,
+    },
 }
 
 impl DependencyCheck {
-    /// `tcp`, `http` or `exec`.
+    /// `tcp`, `http`, `grpc` or `exec`.
     pub fn kind(&self) -> &'static str {
         match self {
             DependencyCheck::Tcp { .. } => "tcp",
             DependencyCheck::Http { .. } => "http",
             DependencyCheck::Exec(_) => "exec",
+            DependencyCheck::Grpc { .. } => "grpc",
         }
     }
 }
 
 section! {
     /// `supervisor.dependencies[]:` (SPEC §12) — something the process
-    /// needs: give exactly one of `tcp`, `http` or `exec`. The child
+    /// needs: give exactly one of `tcp`, `http`, `grpc` or `exec`. The child
     /// starts only once every required dependency is up; while one is
     /// down the recovery ladder holds (a restart cannot fix it), and
     /// `dependency_down` / `dependency_up` events say so.
@@ -150,6 +157,8 @@ section! {
         /// A command and its arguments that must exit 0.
         #[check(non_empty("a command"))]
         exec: Option<Vec<String>> = None,
+        /// The standard gRPC health check, which must answer `SERVING`.
+        grpc: Option<GrpcDependency> = None,
         /// Whether the child waits for it; an optional one is only logged.
         required: bool = true,
         /// Time between checks.
@@ -162,7 +171,6 @@ section! {
         #[check(at_least(1))]
         unhealthy_threshold: u32 = 2,
     }
-    later: ["grpc"],
     validate: check_dependency,
 }
 
@@ -172,6 +180,18 @@ section! {
         /// `host:port` to connect to.
         #[check(host_port())]
         address: String,
+    }
+}
+
+section! {
+    /// `supervisor.dependencies[].grpc:` — `grpc.health.v1.Health/Check`
+    /// over HTTP/2 (h2c).
+    pub(crate) struct GrpcDependency {
+        /// `host:port` of the gRPC server.
+        #[check(host_port())]
+        address: String,
+        /// The service asked about; `""` asks about the whole server.
+        service: String = String::new(),
     }
 }
 
@@ -240,12 +260,12 @@ pub fn split_http_url(url: &str) -> Option<(String, String)> {
 }
 
 fn check_dependency(dependency: &mut DependencyKeys, keys: &Keys<'_>, cx: &mut Cx) {
-    let kinds = ["tcp", "http", "exec"]
+    let kinds = ["tcp", "http", "grpc", "exec"]
         .iter()
         .filter(|key| keys.has(key))
         .count();
     if kinds != 1 {
-        keys.error(cx, "", "give exactly one of tcp, http or exec");
+        keys.error(cx, "", "give exactly one of tcp, http, grpc or exec");
     }
     if dependency.timeout > dependency.interval {
         keys.error(cx, "timeout", "must be at most interval");
@@ -268,11 +288,11 @@ fn check_dependency(dependency: &mut DependencyKeys, keys: &Keys<'_>, cx: &mut C
 }
 
 fn dependency_from_keys(_: &mut Cx, _: &Node, keys: DependencyKeys) -> Option<Dependency> {
-    let check = match (keys.tcp, keys.http, keys.exec) {
-        (Some(tcp), _, _) => DependencyCheck::Tcp {
+    let check = match (keys.tcp, keys.http, keys.exec, keys.grpc) {
+        (Some(tcp), ..) => DependencyCheck::Tcp {
             address: tcp.address,
         },
-        (None, Some(http), _) => {
+        (None, Some(http), ..) => {
             let (address, path) = match (http.url, http.address) {
                 (Some(url), _) => split_http_url(&url)?,
                 (None, Some(address)) => (address, http.path),
@@ -284,8 +304,12 @@ fn dependency_from_keys(_: &mut Cx, _: &Node, keys: DependencyKeys) -> Option<De
                 expect_status: http.expect_status,
             }
         }
-        (None, None, Some(command)) => DependencyCheck::Exec(command),
-        (None, None, None) => return None,
+        (None, None, Some(command), _) => DependencyCheck::Exec(command),
+        (None, None, None, Some(grpc)) => DependencyCheck::Grpc {
+            address: grpc.address,
+            service: grpc.service,
+        },
+        (None, None, None, None) => return None,
     };
     Some(Dependency {
         name: keys.name,
@@ -298,35 +322,39 @@ fn dependency_from_keys(_: &mut Cx, _: &Node, keys: DependencyKeys) -> Option<De
 }
 
 fn dependency_to_keys(dependency: &Dependency) -> DependencyKeys {
-    let (tcp, http, exec) = match &dependency.check {
-        DependencyCheck::Tcp { address } => (
-            Some(TcpDependency {
+    let (mut tcp, mut http, mut exec, mut grpc) = (None, None, None, None);
+    match &dependency.check {
+        DependencyCheck::Tcp { address } => {
+            tcp = Some(TcpDependency {
                 address: address.clone(),
-            }),
-            None,
-            None,
-        ),
+            });
+        }
         DependencyCheck::Http {
             address,
             path,
             expect_status,
-        } => (
-            None,
-            Some(HttpDependency {
+        } => {
+            http = Some(HttpDependency {
                 url: None,
                 address: Some(address.clone()),
                 path: path.clone(),
                 expect_status: expect_status.clone(),
-            }),
-            None,
-        ),
-        DependencyCheck::Exec(command) => (None, None, Some(command.clone())),
-    };
+            });
+        }
+        DependencyCheck::Exec(command) => exec = Some(command.clone()),
+        DependencyCheck::Grpc { address, service } => {
+            grpc = Some(GrpcDependency {
+                address: address.clone(),
+                service: service.clone(),
+            });
+        }
+    }
     DependencyKeys {
         name: dependency.name.clone(),
         tcp,
         http,
         exec,
+        grpc,
         required: dependency.required,
         interval: dependency.interval,
         timeout: dependency.timeout,
@@ -338,6 +366,7 @@ fn dependency_to_keys(dependency: &Dependency) -> DependencyKeys {
 fn one_kind(schema: &mut Json) {
     schema["oneOf"] = json!([
         {"required": ["tcp"]},
+        {"required": ["grpc"]},
         {"required": ["http"]},
         {"required": ["exec"]},
     ]);

@@ -1149,7 +1149,7 @@ supervisor:
         "fault.ttl",
         "fault.abort.percent",
         "expected a gRPC status code like unavailable or 14, found \"17\"",
-        "give exactly one of tcp, http or exec",
+        "give exactly one of tcp, http, grpc or exec",
         "expected host:port",
         "expected http://host:port/path",
         "\"dup\" is used twice",

@@ -19,6 +19,8 @@ use tokio::time::Instant;
 use super::depends::{Board, Change, Verdict};
 use crate::config::{Dependency, DependencyCheck};
 use crate::events::{EventBus, Severity};
+use crate::proxy::body::Body;
+use crate::proxy::upstream::health;
 
 /// The running checks and what they found.
 pub struct Monitor {
@@ -211,6 +213,7 @@ async fn check(check: &DependencyCheck, timeout: Duration) -> bool {
             } => http_status(address, path)
                 .await
                 .is_some_and(|status| expect_status.contains(&status)),
+            DependencyCheck::Grpc { address, service } => grpc_serving(address, service).await,
             DependencyCheck::Exec(command) => {
                 let Some((program, args)) = command.split_first() else {
                     return false;
@@ -229,6 +232,32 @@ async fn check(check: &DependencyCheck, timeout: Duration) -> bool {
     tokio::time::timeout(timeout, attempt)
         .await
         .unwrap_or(false)
+}
+
+/// The standard gRPC health check of `service` at `address`, over a
+/// fresh HTTP/2 connection: whether it answered `SERVING`.
+async fn grpc_serving(address: &str, service: &str) -> bool {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let Ok(authority) = address.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let Ok(stream) = tokio::net::TcpStream::connect(address).await else {
+        return false;
+    };
+    let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Body>(TokioIo::new(stream))
+        .await;
+    let Ok((mut sender, connection)) = handshake else {
+        return false;
+    };
+    // Ends when `sender` is dropped, with this check.
+    tokio::spawn(connection);
+    let request = health::grpc_health_request(service, &authority);
+    match sender.send_request(request).await {
+        Ok(response) => health::grpc_health_serving(response.map(Body::incoming)).await,
+        Err(_) => false,
+    }
 }
 
 /// `GET path` at `address` over a fresh connection; the status answered.
@@ -289,5 +318,52 @@ mod tests {
         assert!(!check(&DependencyCheck::Tcp { address: gone }, second).await);
         assert!(check(&DependencyCheck::Exec(vec!["true".into()]), second).await);
         assert!(!check(&DependencyCheck::Exec(vec!["false".into()]), second).await);
+    }
+
+    #[tokio::test]
+    async fn a_grpc_dependency_is_up_while_it_says_serving() {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use tonic_health::ServingStatus;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (reporter, service) = tonic_health::server::health_reporter();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = service.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let mut service = service.clone();
+                    async move { tower::Service::call(&mut service, request).await }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        let second = Duration::from_secs(1);
+        let grpc = |service: &str| DependencyCheck::Grpc {
+            address: address.clone(),
+            service: service.to_owned(),
+        };
+        assert!(check(&grpc(""), second).await);
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        assert!(!check(&grpc(""), second).await);
+        // A service the server does not know: NOT_FOUND, not serving.
+        assert!(!check(&grpc("orders.v1.Orders"), second).await);
+        reporter
+            .set_service_status("orders.v1.Orders", ServingStatus::Serving)
+            .await;
+        assert!(check(&grpc("orders.v1.Orders"), second).await);
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let gone = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let down = DependencyCheck::Grpc {
+            address: gone,
+            service: String::new(),
+        };
+        assert!(!check(&down, second).await);
     }
 }

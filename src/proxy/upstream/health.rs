@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use http::Request;
+use http::uri::Authority;
+use http::{Request, Response};
 
 use super::balance::UpstreamPool;
 use crate::config::policy::{HealthCheck, Probe};
@@ -124,27 +125,49 @@ async fn probe(pool: &UpstreamPool, index: usize, check: &HealthCheck) -> bool {
 /// Largest health check answer read: the message is a few bytes.
 const MAX_GRPC_PROBE_BYTES: usize = 4096;
 
-/// `grpc.health.v1.Health/Check` for `service`: passes on `SERVING` with
-/// `grpc-status: 0`; anything else, or an error, fails.
+/// `grpc.health.v1.Health/Check` for `service` at endpoint `index`.
 async fn grpc_probe(pool: &UpstreamPool, index: usize, service: &str) -> bool {
+    let Some(endpoint) = pool.endpoint(index) else {
+        return false;
+    };
+    let request = grpc_health_request(service, &endpoint.authority);
+    match pool.send(index, request).await {
+        Ok(response) => grpc_health_serving(response).await,
+        Err(_) => false,
+    }
+}
+
+/// The standard gRPC health check of `service` (`""`: the whole server)
+/// at `authority`, as an HTTP/2 request.
+pub fn grpc_health_request(service: &str, authority: &Authority) -> Request<Body> {
     use http::header::{HeaderValue, CONTENT_TYPE, HOST, TE};
-    use http_body_util::{BodyExt, Limited};
 
     let mut request = Request::new(Body::full(grpc::health_check_request(service)));
     *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = http::Uri::from_static(grpc::HEALTH_CHECK_PATH);
+    let uri = http::Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(grpc::HEALTH_CHECK_PATH)
+        .build();
+    if let Ok(uri) = uri {
+        *request.uri_mut() = uri;
+    }
     *request.version_mut() = http::Version::HTTP_2;
     let headers = request.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(TE, HeaderValue::from_static("trailers"));
-    if let Some(endpoint) = pool.endpoint(index) {
-        if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
-            headers.insert(HOST, host);
-        }
+    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        headers.insert(HOST, host);
     }
-    let Ok(response) = pool.send(index, request).await else {
-        return false;
-    };
+    request
+}
+
+/// Whether the answer to [`grpc_health_request`] says `SERVING`, with
+/// `grpc-status: 0`; anything else — an error status, a trailers-only
+/// reply, a body too large or broken — does not.
+pub async fn grpc_health_serving(response: Response<Body>) -> bool {
+    use http_body_util::{BodyExt, Limited};
+
     if response.status() != http::StatusCode::OK || !grpc::is_grpc(response.headers()) {
         return false;
     }
