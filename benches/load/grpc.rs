@@ -94,6 +94,40 @@ mod tests {
         assert!(check_reply(&other).is_err());
     }
 
+    /// The generator against the bench's own gRPC upstream: the echo
+    /// counts as OK, a method the upstream lacks as a failed call.
+    #[tokio::test]
+    async fn the_generator_counts_only_ok_echoes_as_successes() {
+        use std::time::Duration;
+
+        use crate::gen::{self, Answer, Endpoint, Proto};
+
+        let upstream = crate::upstream::start_grpc().await.unwrap();
+        let authority = upstream.to_string();
+        let echo = Endpoint::new(upstream, &authority, METHOD).unwrap();
+        let missing = Endpoint::new(upstream, &authority, "/bench.Echo/Missing").unwrap();
+        assert_eq!(
+            gen::probe(&echo, Proto::Grpc).await.unwrap(),
+            Answer::Grpc(0)
+        );
+        // UNIMPLEMENTED, trailers-only.
+        assert_eq!(
+            gen::probe(&missing, Proto::Grpc).await.unwrap(),
+            Answer::Grpc(12)
+        );
+        let window = Duration::from_millis(200);
+        let ok = gen::closed_loop(&echo, Proto::Grpc, 1, 4, Duration::ZERO, window)
+            .await
+            .unwrap();
+        assert!(ok.requests > 0);
+        assert_eq!((ok.errors, ok.non_2xx, ok.grpc_not_ok), (0, 0, 0));
+        let failing = gen::closed_loop(&missing, Proto::Grpc, 1, 4, Duration::ZERO, window)
+            .await
+            .unwrap();
+        assert!(failing.requests > 0);
+        assert_eq!(failing.grpc_not_ok, failing.requests);
+    }
+
     #[test]
     fn status_comes_from_trailers_or_a_trailers_only_reply() {
         let mut headers = HeaderMap::new();
