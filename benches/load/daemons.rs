@@ -5,6 +5,10 @@
 //! directory. Proxies are pinned to the proxy core with `taskset`. Nothing here touches a system
 //! service, a system config file or a port outside 127.0.0.1.
 //!
+//! [`start_proxy`] starts a proxy for the HTTP phases (HTTP/1.1 and h2c to
+//! the HTTP upstream); [`start_grpc_proxy`] starts one for the gRPC part
+//! (h2c in, HTTP/2 to the gRPC upstream), Envoy included.
+//!
 //! Stopping: [`Daemon::stop`] sends SIGTERM and waits briefly; dropping a
 //! [`Daemon`] (an error, a panic, Ctrl-C) sends SIGKILL to its whole process
 //! group, so nginx's worker goes with its master.
@@ -21,10 +25,15 @@ use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::gen::{self, Endpoint, Proto};
+use crate::grpc;
 
 const BREAKWATER_CONFIG: &str = include_str!("config/breakwater.yaml");
 const NGINX_CONFIG: &str = include_str!("config/nginx.conf");
 const HAPROXY_CONFIG: &str = include_str!("config/haproxy.cfg");
+const BREAKWATER_GRPC_CONFIG: &str = include_str!("config/breakwater-grpc.yaml");
+const NGINX_GRPC_CONFIG: &str = include_str!("config/nginx-grpc.conf");
+const HAPROXY_GRPC_CONFIG: &str = include_str!("config/haproxy-grpc.cfg");
+const ENVOY_GRPC_CONFIG: &str = include_str!("config/envoy-grpc.yaml");
 
 /// How long a daemon may take to answer its first request.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -103,6 +112,22 @@ pub enum ProxyKind {
     Nginx,
     /// HAProxy as a reverse proxy.
     Haproxy,
+    /// Envoy (gRPC part only).
+    Envoy,
+}
+
+// === impl ProxyKind ===
+
+impl ProxyKind {
+    /// The target name used in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyKind::Breakwater => "breakwater",
+            ProxyKind::Nginx => "nginx",
+            ProxyKind::Haproxy => "haproxy",
+            ProxyKind::Envoy => "envoy",
+        }
+    }
 }
 
 /// A started proxy: its process and where it listens.
@@ -125,6 +150,8 @@ pub struct ProxySetup<'a> {
     pub breakwater_bin: &'a Path,
     /// `Some(cpu)` pins proxies to that CPU with `taskset`.
     pub pin_cpu: Option<usize>,
+    /// The Envoy binary, when one was found (gRPC part only).
+    pub envoy_bin: Option<&'a Path>,
 }
 
 /// Starts one proxy and waits until it serves a request through to the upstream.
@@ -169,22 +196,10 @@ pub async fn start_proxy(kind: ProxyKind, setup: &ProxySetup<'_>) -> Result<Prox
             let args = vec!["-db".into(), "-f".into(), path.display().to_string()];
             (which("haproxy")?, args, h2c, "haproxy")
         }
+        ProxyKind::Envoy => bail!("Envoy runs in the gRPC part only"),
     };
-    let mut command = match setup.pin_cpu {
-        Some(cpu) => {
-            let mut command = Command::new("taskset");
-            command.arg("-c").arg(cpu.to_string()).arg(&program);
-            command
-        }
-        None => Command::new(&program),
-    };
-    command.args(&args);
-    if kind == ProxyKind::Breakwater {
-        // The per-request access log off, as for nginx and HAProxy.
-        command.env("RUST_LOG", "info,breakwater::access=off");
-    }
     let log = setup.dir.join(format!("{name}.log"));
-    let mut daemon = Daemon::spawn(name, command, &log)?;
+    let mut daemon = launch(kind, &program, &args, setup, &log)?;
     let ready = async {
         wait_ready(&Endpoint::loopback(http1)?, Proto::Http1, Some(&mut daemon)).await?;
         wait_ready(&Endpoint::loopback(h2c)?, Proto::H2c, Some(&mut daemon)).await
@@ -195,6 +210,107 @@ pub async fn start_proxy(kind: ProxyKind, setup: &ProxySetup<'_>) -> Result<Prox
     Ok(Proxy { daemon, http1, h2c })
 }
 
+/// The gRPC part: starts one proxy with its gRPC config (h2c listener, one
+/// route to the gRPC upstream over HTTP/2) and waits until a unary call
+/// through it ends OK with the echo. Returns the proxy and its listener.
+pub async fn start_grpc_proxy(kind: ProxyKind, setup: &ProxySetup<'_>) -> Result<Proxy> {
+    let listen = free_port()?;
+    let name = kind.name();
+    let (template, file) = match kind {
+        ProxyKind::Breakwater => (BREAKWATER_GRPC_CONFIG, "breakwater-grpc.yaml"),
+        ProxyKind::Nginx => (NGINX_GRPC_CONFIG, "nginx-grpc.conf"),
+        ProxyKind::Haproxy => (HAPROXY_GRPC_CONFIG, "haproxy-grpc.cfg"),
+        ProxyKind::Envoy => (ENVOY_GRPC_CONFIG, "envoy-grpc.yaml"),
+    };
+    // nginx's pid file and temp paths go to their own directory, away from
+    // the HTTP part's nginx.
+    let dir = setup.dir.join(format!("{name}-grpc"));
+    std::fs::create_dir_all(&dir)?;
+    let grpc_setup = ProxySetup {
+        dir: &dir,
+        ..*setup
+    };
+    let admin = free_port()?;
+    let path = dir.join(file);
+    std::fs::write(&path, fill(template, &grpc_setup, listen, listen, admin))?;
+    let config = path.display().to_string();
+    let (program, args): (PathBuf, Vec<String>) = match kind {
+        ProxyKind::Breakwater => (
+            setup.breakwater_bin.to_path_buf(),
+            vec!["run".into(), "--config".into(), config],
+        ),
+        ProxyKind::Nginx => (
+            which("nginx")?,
+            vec![
+                "-p".into(),
+                format!("{}/", dir.display()),
+                "-c".into(),
+                config,
+                "-e".into(),
+                dir.join("nginx-error.log").display().to_string(),
+            ],
+        ),
+        ProxyKind::Haproxy => (which("haproxy")?, vec!["-db".into(), "-f".into(), config]),
+        ProxyKind::Envoy => {
+            let Some(envoy) = setup.envoy_bin else {
+                bail!("no Envoy binary");
+            };
+            (
+                envoy.to_path_buf(),
+                // One worker, like nginx's one worker and HAProxy's one
+                // thread; no shared memory for hot restart, so nothing
+                // outside this process and 127.0.0.1 is touched.
+                vec![
+                    "-c".into(),
+                    config,
+                    "--concurrency".into(),
+                    "1".into(),
+                    "--disable-hot-restart".into(),
+                    "--log-level".into(),
+                    "warn".into(),
+                ],
+            )
+        }
+    };
+    let log = dir.join(format!("{name}.log"));
+    let mut daemon = launch(kind, &program, &args, &grpc_setup, &log)?;
+    let endpoint = Endpoint::new(listen, &listen.to_string(), grpc::METHOD)?;
+    if let Err(error) = wait_ready(&endpoint, Proto::Grpc, Some(&mut daemon)).await {
+        bail!("{error:#}\n--- {} ---\n{}", log.display(), log_tail(&log));
+    }
+    Ok(Proxy {
+        daemon,
+        http1: listen,
+        h2c: listen,
+    })
+}
+
+/// Starts `program` with `args` as `kind`, pinned as `setup` says, output
+/// to `log`.
+fn launch(
+    kind: ProxyKind,
+    program: &Path,
+    args: &[String],
+    setup: &ProxySetup<'_>,
+    log: &Path,
+) -> Result<Daemon> {
+    let mut command = match setup.pin_cpu {
+        Some(cpu) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpu.to_string()).arg(program);
+            command
+        }
+        None => Command::new(program),
+    };
+    command.args(args);
+    if kind == ProxyKind::Breakwater {
+        // The per-request access log off, as for nginx and HAProxy.
+        command.env("RUST_LOG", "info,breakwater::access=off");
+    }
+    Daemon::spawn(kind.name(), command, log)
+}
+
+/// `{{…}}` placeholders of a config template, from `setup` and the ports.
 fn fill(
     template: &str,
     setup: &ProxySetup<'_>,
@@ -214,8 +330,10 @@ fn fill(
             &open_files.saturating_sub(100).to_string(),
         )
         .replace("{{TMP}}", &setup.dir.display().to_string())
+        .replace("{{UPSTREAM_PORT}}", &setup.upstream.port().to_string())
         .replace("{{UPSTREAM}}", &setup.upstream.to_string())
         .replace("{{LISTEN_H2C}}", &listen_h2c.to_string())
+        .replace("{{LISTEN_PORT}}", &listen.port().to_string())
         .replace("{{LISTEN}}", &listen.to_string())
         .replace("{{ADMIN}}", &admin.to_string())
 }
@@ -246,7 +364,8 @@ pub fn which(program: &str) -> Result<PathBuf> {
         })
 }
 
-/// Polls one GET until it answers 200, at most [`READY_TIMEOUT`].
+/// Polls one GET (or gRPC call) until it answers 200 (gRPC: OK with the
+/// echo), at most [`READY_TIMEOUT`].
 async fn wait_ready(
     endpoint: &Endpoint,
     proto: Proto,
@@ -259,8 +378,8 @@ async fn wait_ready(
             daemon.check_alive()?;
         }
         match gen::probe(endpoint, proto).await {
-            Ok(200) => return Ok(()),
-            Ok(status) => last = format!("status {status}"),
+            Ok(answer) if answer.is_ready() => return Ok(()),
+            Ok(answer) => last = format!("{answer:?}"),
             Err(error) => last = format!("{error:#}"),
         }
         sleep(Duration::from_millis(50)).await;

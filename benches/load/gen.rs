@@ -3,7 +3,8 @@
 //! Three shapes of load, all on the bench's one-thread tokio runtime:
 //!
 //! - **Closed loop** ([`closed_loop`]): `N` connections, each sending its
-//!   next request as soon as the previous response is read. Measures the
+//!   next request as soon as the previous response is read (or, over
+//!   HTTP/2, `S` streams per connection, each doing so). Measures the
 //!   most a target serves at that concurrency, and the latency at it.
 //! - **Open loop** ([`open_loop`]): requests are scheduled on a clock at a
 //!   fixed rate, whatever the target does, and handed to a pool of
@@ -20,6 +21,10 @@
 //!   each served one request and then sit idle, to weigh a target's memory
 //!   per connection.
 //!
+//! Three protocols: HTTP/1.1 GET, h2c GET, and gRPC unary calls over h2c
+//! (`grpc.rs`: a call succeeds only with `grpc-status: 0` and the echo of
+//! what was sent).
+//!
 //! Every loop is bounded in count and in time.
 
 use std::cell::{Cell, RefCell};
@@ -30,14 +35,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use hdrhistogram::Histogram;
-use http::{Request, Uri};
-use http_body_util::{BodyExt, Empty};
+use http::header::{HeaderValue, CONTENT_TYPE, TE};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
+
+use crate::grpc;
 
 /// A TCP connect that takes longer than this counts as an error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,6 +68,9 @@ pub enum Proto {
     /// HTTP/2 over cleartext with prior knowledge.
     #[serde(rename = "h2c")]
     H2c,
+    /// gRPC unary calls (`grpc.rs`) over h2c.
+    #[serde(rename = "grpc")]
+    Grpc,
 }
 
 impl Proto {
@@ -68,7 +79,28 @@ impl Proto {
         match self {
             Proto::Http1 => "HTTP/1.1",
             Proto::H2c => "h2c",
+            Proto::Grpc => "gRPC",
         }
+    }
+}
+
+/// What a target answered to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// An HTTP response with this status code (a gRPC call whose HTTP
+    /// status was not 200, too).
+    Http(u16),
+    /// A gRPC call answered with HTTP 200 that ended with this
+    /// `grpc-status`; 0 (OK) only when the reply was the echo asked for.
+    Grpc(u32),
+}
+
+// === impl Answer ===
+
+impl Answer {
+    /// HTTP 200, or gRPC OK: what a readiness probe waits for.
+    pub fn is_ready(self) -> bool {
+        matches!(self, Answer::Http(200) | Answer::Grpc(0))
     }
 }
 
@@ -122,10 +154,14 @@ impl Endpoint {
     }
 }
 
-/// One client connection, ready to send requests one at a time.
+/// One client connection, ready to send requests one at a time (or, for
+/// HTTP/2, one stream of a connection that others may share: see
+/// [`Sender::share`]).
 enum Sender {
     Http1(Http1Connection),
     H2c(http2::SendRequest<Empty<Bytes>>),
+    /// A gRPC channel and the request body, framed once.
+    Grpc(http2::SendRequest<Full<Bytes>>, Bytes),
 }
 
 // === impl Sender ===
@@ -134,22 +170,26 @@ impl Sender {
     async fn connect(endpoint: &Endpoint, proto: Proto) -> Result<Self> {
         Ok(match proto {
             Proto::Http1 => Sender::Http1(Http1Connection::connect(endpoint, None).await?),
-            Proto::H2c => {
-                let stream = tcp_connect(endpoint.addr, None).await?;
-                let (sender, connection) =
-                    http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                Sender::H2c(sender)
-            }
+            Proto::H2c => Sender::H2c(h2_connect(endpoint).await?),
+            Proto::Grpc => Sender::Grpc(h2_connect(endpoint).await?, grpc::request_body()),
         })
     }
 
-    /// Sends one GET, reads the whole body, returns the status code.
-    async fn get(&mut self, endpoint: &Endpoint) -> Result<u16> {
+    /// Another stream on the same HTTP/2 connection; `None` for HTTP/1.1,
+    /// which has one request in flight per connection.
+    fn share(&self) -> Option<Sender> {
         match self {
-            Sender::Http1(connection) => connection.get(endpoint).await,
+            Sender::Http1(_) => None,
+            Sender::H2c(sender) => Some(Sender::H2c(sender.clone())),
+            Sender::Grpc(sender, body) => Some(Sender::Grpc(sender.clone(), body.clone())),
+        }
+    }
+
+    /// Sends one GET (or one gRPC call), reads the whole body, returns what
+    /// the target answered.
+    async fn get(&mut self, endpoint: &Endpoint) -> Result<Answer> {
+        match self {
+            Sender::Http1(connection) => connection.get(endpoint).await.map(Answer::Http),
             Sender::H2c(sender) => {
                 sender.ready().await?;
                 let mut request = Request::new(Empty::new());
@@ -157,10 +197,48 @@ impl Sender {
                 let response = sender.send_request(request).await?;
                 let status = response.status().as_u16();
                 response.into_body().collect().await?;
-                Ok(status)
+                Ok(Answer::Http(status))
+            }
+            Sender::Grpc(sender, body) => {
+                sender.ready().await?;
+                let mut request = Request::new(Full::new(body.clone()));
+                *request.method_mut() = Method::POST;
+                *request.uri_mut() = endpoint.absolute_uri.clone();
+                let headers = request.headers_mut();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                headers.insert(TE, HeaderValue::from_static("trailers"));
+                let response = sender.send_request(request).await?;
+                let status = response.status().as_u16();
+                let (head, body) = response.into_parts();
+                let collected = body.collect().await?;
+                if status != 200 {
+                    return Ok(Answer::Http(status));
+                }
+                let Some(code) = grpc::status(&head.headers, collected.trailers()) else {
+                    bail!("gRPC reply without grpc-status");
+                };
+                if code == 0 {
+                    grpc::check_reply(&collected.to_bytes())?;
+                }
+                Ok(Answer::Grpc(code))
             }
         }
     }
+}
+
+/// An h2c connection (prior knowledge), driven by a task of its own.
+async fn h2_connect<B>(endpoint: &Endpoint) -> Result<http2::SendRequest<B>>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tcp_connect(endpoint.addr, None).await?;
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
 }
 
 /// A TCP connection with Nagle off, optionally from a given source address.
@@ -373,8 +451,8 @@ impl Http1Connection {
     }
 }
 
-/// One GET on a fresh connection: the readiness probe.
-pub async fn probe(endpoint: &Endpoint, proto: Proto) -> Result<u16> {
+/// One GET (or gRPC call) on a fresh connection: the readiness probe.
+pub async fn probe(endpoint: &Endpoint, proto: Proto) -> Result<Answer> {
     let mut sender = Sender::connect(endpoint, proto).await?;
     timeout(REQUEST_TIMEOUT, sender.get(endpoint))
         .await
@@ -392,6 +470,9 @@ pub struct Measured {
     pub errors: u64,
     /// Responses whose status was not 2xx inside the window.
     pub non_2xx: u64,
+    /// gRPC calls answered with HTTP 200 but a `grpc-status` other than 0
+    /// (OK) inside the window.
+    pub grpc_not_ok: u64,
     /// Latency percentiles in microseconds.
     pub p50_us: f64,
     /// 90th percentile.
@@ -413,6 +494,7 @@ struct Tally {
     requests: u64,
     errors: u64,
     non_2xx: u64,
+    grpc_not_ok: u64,
     completed_total: u64,
 }
 
@@ -426,16 +508,19 @@ impl Tally {
             requests: 0,
             errors: 0,
             non_2xx: 0,
+            grpc_not_ok: 0,
             completed_total: 0,
         })
     }
 
-    fn record(&mut self, latency: Duration, status: u16, in_window: bool) {
+    fn record(&mut self, latency: Duration, answer: Answer, in_window: bool) {
         self.completed_total += 1;
         if in_window {
             self.requests += 1;
-            if !(200..300).contains(&status) {
-                self.non_2xx += 1;
+            match answer {
+                Answer::Http(status) if !(200..300).contains(&status) => self.non_2xx += 1,
+                Answer::Grpc(code) if code != 0 => self.grpc_not_ok += 1,
+                _ => {}
             }
             let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
             self.latency_ns.saturating_record(nanos.max(1_000));
@@ -450,6 +535,7 @@ impl Tally {
             rps: self.requests as f64 / window.as_secs_f64(),
             errors: self.errors,
             non_2xx: self.non_2xx,
+            grpc_not_ok: self.grpc_not_ok,
             p50_us: percentile_us(0.50),
             p90_us: percentile_us(0.90),
             p99_us: percentile_us(0.99),
@@ -484,6 +570,24 @@ async fn connect_pool(endpoint: &Endpoint, proto: Proto, count: usize) -> Result
     }
 }
 
+/// `streams` senders per connection: the connection itself and
+/// `streams - 1` more streams on it. Fails for HTTP/1.1 with `streams > 1`.
+fn fan_out(senders: Vec<Sender>, streams: usize) -> Result<Vec<Sender>> {
+    let streams = streams.max(1);
+    let mut all = Vec::with_capacity(senders.len() * streams);
+    for sender in senders {
+        for _ in 1..streams {
+            all.push(
+                sender
+                    .share()
+                    .ok_or_else(|| anyhow!("HTTP/1.1 has one request in flight per connection"))?,
+            );
+        }
+        all.push(sender);
+    }
+    Ok(all)
+}
+
 /// Replaces a failed connection; `false` once the worker should give up.
 async fn reconnect(
     sender: &mut Sender,
@@ -505,18 +609,21 @@ async fn reconnect(
     false
 }
 
-/// Closed loop: `connections` connections, each with one request in flight.
-/// The first `warmup` is not recorded; `window` is.
+/// Closed loop: `connections` connections, each with `streams` requests
+/// in flight (1 for HTTP/1.1). The first `warmup` is not recorded; `window`
+/// is. A stream whose request fails opens a connection of its own.
 pub async fn closed_loop(
     endpoint: &Endpoint,
     proto: Proto,
     connections: usize,
+    streams: usize,
     warmup: Duration,
     window: Duration,
 ) -> Result<Measured> {
-    let senders = connect_pool(endpoint, proto, connections).await?;
+    let opened = connect_pool(endpoint, proto, connections).await?;
     let mut tally = Tally::new()?;
-    tally.errors += (connections - senders.len()) as u64;
+    tally.errors += ((connections - opened.len()) * streams.max(1)) as u64;
+    let senders = fan_out(opened, streams)?;
     let tally = RefCell::new(tally);
     let window_start = Instant::now() + warmup;
     let window_end = window_start + window;
@@ -545,7 +652,7 @@ async fn closed_worker(
         let done = Instant::now();
         let in_window = done >= window_start && done <= window_end;
         match result {
-            Ok(Ok(status)) => tally.borrow_mut().record(done - sent, status, in_window),
+            Ok(Ok(answer)) => tally.borrow_mut().record(done - sent, answer, in_window),
             _ => {
                 if in_window {
                     tally.borrow_mut().errors += 1;
@@ -582,18 +689,21 @@ impl Schedule {
 }
 
 /// Open loop: `rate` requests per second on a clock, over a pool of
-/// `connections` connections; latency measured as the module doc says.
+/// `connections` connections with `streams` requests in flight on each at
+/// most (1 for HTTP/1.1); latency measured as the module doc says.
 pub async fn open_loop(
     endpoint: &Endpoint,
     proto: Proto,
     rate: u64,
     connections: usize,
+    streams: usize,
     warmup: Duration,
     window: Duration,
 ) -> Result<Measured> {
-    let senders = connect_pool(endpoint, proto, connections).await?;
+    let opened = connect_pool(endpoint, proto, connections).await?;
     let mut tally = Tally::new()?;
-    tally.errors += (connections - senders.len()) as u64;
+    tally.errors += ((connections - opened.len()) * streams.max(1)) as u64;
+    let senders = fan_out(opened, streams)?;
     let tally = RefCell::new(tally);
     let start = Instant::now();
     let schedule = Schedule {
@@ -635,7 +745,7 @@ async fn open_worker(
         let result = timeout(REQUEST_TIMEOUT, sender.get(endpoint)).await;
         let done = Instant::now();
         match result {
-            Ok(Ok(status)) => tally.borrow_mut().record(done - origin, status, in_window),
+            Ok(Ok(answer)) => tally.borrow_mut().record(done - origin, answer, in_window),
             _ => {
                 if in_window {
                     tally.borrow_mut().errors += 1;
