@@ -122,7 +122,9 @@ section! {
     /// refused).
     pub struct Runtime {
         /// Worker threads; when unset, as many as the CPUs the process may
-        /// use (which honours a cgroup CPU quota).
+        /// use (which honours a cgroup CPU quota). One thread runs a
+        /// single-threaded scheduler, which serves many busy connections
+        /// more fairly.
         #[check(between(1, 1024))]
         #[default_text = "the CPUs the process may use"]
         threads: Option<usize> = None,
