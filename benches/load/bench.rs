@@ -116,7 +116,7 @@ struct Args {
         long,
         value_delimiter = ',',
         value_name = "N",
-        default_value = "1,4,64,512"
+        default_value = "1,4,64,512,1000"
     )]
     connections: Vec<usize>,
     /// Idle keep-alive connections held for the memory figure (0 skips it).
